@@ -1,0 +1,150 @@
+"""Building blocks with logical axis names on every parameter and major activation.
+
+Modules here map arrays to arrays and never see a mesh: each parameter is created through
+`nn.with_logical_partitioning`, and activations are tagged with `constrain`, so one rules table
+(`medpalm.partitioning`) decides how everything is laid out on the devices.
+
+Kernels keep the head structure explicit (`[embed, heads, head_dim]`) so that tensor parallelism
+splits heads, and so that imported checkpoints map onto them with a reshape.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+DType = Any
+Initializer = Callable[..., Array]
+AxisNames = tuple[str | None, ...]
+
+
+def constrain(x: Array, names: AxisNames) -> Array:
+  """Tags an activation with logical axis names (a no-op without rules or mesh)."""
+  return nn.with_logical_constraint(x, names)
+
+
+def fan_in_init(in_axes: Sequence[int] = (0,)) -> Initializer:
+  """Truncated-normal fan-in variance scaling, fan-in read from `in_axes` (PaLM's init)."""
+  return nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=tuple(in_axes), out_axis=-1)
+
+
+def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+          names: AxisNames, dtype: DType) -> Array:
+  """Creates a parameter carrying logical axis names; one name per dimension."""
+  if len(names) != len(shape):
+    raise ValueError(f"{module.name}/{name}: {len(shape)} dims but axis names {names}")
+  return module.param(name, nn.with_logical_partitioning(init, names), tuple(shape), dtype)
+
+
+class DenseGeneral(nn.Module):
+  """`y = x @ W (+ b)` contracting the trailing `len(in_shape)` dims of x.
+
+  Attributes:
+    in_shape / out_shape: kernel is `[*in_shape, *out_shape]`.
+    kernel_axes: logical names of the kernel's dims (in, then out).
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  kernel_axes: AxisNames
+  use_bias: bool = False
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  kernel_init: Initializer | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n_in = len(self.in_shape)
+    init = self.kernel_init or fan_in_init(tuple(range(n_in)))
+    kernel = param(self, "kernel", init, (*self.in_shape, *self.out_shape), self.kernel_axes,
+                   self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if self.use_bias:
+      bias = param(self, "bias", nn.initializers.zeros, self.out_shape,
+                   self.kernel_axes[n_in:], self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Norm(nn.Module):
+  """LayerNorm or RMSNorm over the last dim, always computed in float32.
+
+  Attributes:
+    kind: "layernorm" (mean-centred) or "rmsnorm".
+    use_scale / use_bias: learned scale and offset (PaLM: scale only).
+    scale_plus_one: the scale is stored as `w` and applied as `1 + w` (Gemma's convention).
+    axis_name: logical name of the normed dim.
+  """
+  kind: str = "layernorm"
+  epsilon: float = 1e-6
+  use_scale: bool = True
+  use_bias: bool = False
+  scale_plus_one: bool = False
+  axis_name: str = "embed"
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.kind not in ("layernorm", "rmsnorm"):
+      raise ValueError(f"Norm.kind must be 'layernorm' or 'rmsnorm', got {self.kind!r}")
+    dim = x.shape[-1]
+    y = x.astype(jnp.float32)
+    if self.kind == "layernorm":
+      y = y - jnp.mean(y, axis=-1, keepdims=True)
+    y = y * jax.lax.rsqrt(jnp.mean(jnp.square(y), axis=-1, keepdims=True) + self.epsilon)
+    if self.use_scale:
+      init = nn.initializers.zeros if self.scale_plus_one else nn.initializers.ones
+      scale = param(self, "scale", init, (dim,), (self.axis_name,), self.param_dtype)
+      scale = scale.astype(jnp.float32)
+      y = y * (1.0 + scale if self.scale_plus_one else scale)
+    if self.use_bias:
+      bias = param(self, "bias", nn.initializers.zeros, (dim,), (self.axis_name,),
+                   self.param_dtype)
+      y = y + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def rotary_embedding(x: Array, positions: Array, base: float) -> Array:
+  """Applies RoPE with the "half-split" pairing (dim i rotates with dim i + head_dim/2).
+
+  Args:
+    x: float[B, T, H, K] queries or keys.
+    positions: int32[B, T] absolute positions (images reuse text positions, as in PaLM-E).
+    base: wavelength base (10,000 for PaLM and Gemma).
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, K/2]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None,
+                          dtype: DType) -> Array:
+  """Softmax attention with grouped (multi-query) keys and values; softmax in float32.
+
+  Args:
+    q: [B, T, H, K] queries, already scaled.
+    k, v: [B, S, G, K] with G dividing H (G = 1 is PaLM's multi-query attention).
+    mask: bool[B, 1, T, S] (True = may attend) or None.
+  Returns:
+    [B, T, H, K].
+  """
+  b, t, h, d = q.shape
+  g = k.shape[2]
+  q = q.reshape(b, t, g, h // g, d)
+  logits = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    big_neg = jnp.finfo(jnp.float32).min
+    logits = jnp.where(mask[:, :, None], logits, big_neg)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  out = jnp.einsum("bgrts,bsgk->btgrk", probs, v)
+  return out.reshape(b, t, h, d)

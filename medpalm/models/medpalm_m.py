@@ -1,0 +1,98 @@
+"""MedPalmM: ViT -> affine projector (PaLM-E's ψ) -> PaLM decoder over multimodal sentences.
+
+Inputs follow the SeqIO / T5X feature names: `decoder_input_tokens`, `decoder_target_tokens`,
+`decoder_causal_attention`, plus `images: uint8[B, N, 224, 224, 3]` and `image_mask: bool[B, N]`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medpalm.configs import MedPalmMConfig
+from medpalm.models import multimodal
+from medpalm.models.layers import Array, DenseGeneral, constrain
+from medpalm.models.palm import PalmDecoder
+from medpalm.models.vit import VisionTransformer
+
+
+class MedPalmM(nn.Module):
+  config: MedPalmMConfig
+
+  def setup(self):
+    c = self.config
+    self.vision = VisionTransformer(c.vision)
+    self.projector = DenseGeneral((c.vision.d_model,), (c.decoder.d_model,),
+                                  ("vit_embed", "embed"), use_bias=True,
+                                  dtype=jnp.dtype(c.decoder.dtype),
+                                  param_dtype=jnp.dtype(c.decoder.param_dtype))
+    self.decoder = PalmDecoder(c.decoder)
+
+  def embed_images(self, images: Array, image_mask: Array | None = None, *,
+                   enable_dropout: bool = False) -> Array:
+    """uint8[B, N, H, W, 3], bool[B, N] -> float[B, N·M, D] projected image rows (M per image).
+
+    Valid images come first, in order, so the k-th placeholder row of a row gets the k-th row of
+    its valid images whatever the mask looks like; rows of invalid images are zero.
+    """
+    b, n = images.shape[:2]
+    if image_mask is None:
+      image_mask = jnp.ones((b, n), bool)
+    order = multimodal.compact_valid_images(image_mask)
+    images = jnp.take_along_axis(images, order[:, :, None, None, None], axis=1)
+    valid = jnp.take_along_axis(image_mask.astype(bool), order, axis=1)
+    x = self.vision(images.reshape(b * n, *images.shape[2:]), enable_dropout=enable_dropout)
+    x = self.projector(x)
+    x = jnp.where(valid.reshape(b * n, 1, 1), x, 0)
+    x = x.reshape(b, n * x.shape[1], x.shape[2])
+    return constrain(x, ("batch", "length", "embed"))
+
+  def embed_tokens(self, tokens: Array) -> Array:
+    """int32[B, T] -> float[B, T, D] text embeddings (placeholder rows still hold their id's)."""
+    return self.decoder.embed(tokens)
+
+  def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
+               decoder_causal_attention: Array | None = None, images: Array | None = None,
+               image_mask: Array | None = None, decoder_positions: Array | None = None, *,
+               enable_dropout: bool = False) -> Array:
+    """Logits float32[B, T, vocab] of the multimodal sentence.
+
+    `decoder_causal_attention` (int[B, T], 1 on the prefix) makes the prefix bidirectional
+    (PaliGemma); without it attention is causal over the whole sequence (PaLM-E).
+    """
+    c = self.config
+    tokens = decoder_input_tokens
+    multimodal.validate_inputs(c, tokens, images, image_mask)
+    x = self.embed_tokens(tokens)
+    if images is not None:
+      rows = self.embed_images(images, image_mask, enable_dropout=enable_dropout)
+      x = multimodal.merge_image_rows(x, rows, tokens == c.image_token_id)
+    if decoder_positions is None:
+      decoder_positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    mask = multimodal.attention_mask(tokens.shape[1], decoder_causal_attention,
+                                     decoder_target_tokens)
+    return self.decoder(tokens, decoder_positions, mask, embeddings=x,
+                        enable_dropout=enable_dropout)
+
+
+def dummy_inputs(config: MedPalmMConfig, batch: int = 1, length: int | None = None,
+                 num_images: int = 1) -> dict[str, Array]:
+  """A well-formed batch of zeros (with its placeholders) for `init` / `eval_shape`."""
+  m = config.num_image_tokens * num_images
+  length = length or m + 8
+  size = config.vision.image_size
+  tokens = jnp.zeros((batch, length), jnp.int32).at[:, 1:m + 1].set(config.image_token_id)
+  return {"decoder_input_tokens": tokens,
+          "images": jnp.zeros((batch, num_images, size, size, 3), jnp.uint8),
+          "image_mask": jnp.ones((batch, num_images), bool)}
+
+
+def init(config: MedPalmMConfig, rng: Array, batch: int = 1) -> dict:
+  """Boxed (logically partitioned) variables of a freshly initialised MedPalmM."""
+  return MedPalmM(config).init(rng, **dummy_inputs(config, batch))
+
+
+def abstract_params(config: MedPalmMConfig) -> dict:
+  """Unboxed parameter ShapeDtypeStructs, from `jax.eval_shape` (nothing is allocated)."""
+  abstract = jax.eval_shape(lambda: init(config, jax.random.key(0)))
+  return nn.meta.unbox(abstract)["params"]
