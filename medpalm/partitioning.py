@@ -87,6 +87,14 @@ def logical_specs(boxed_tree: Any) -> Any:
   return nn.get_partition_spec(boxed_tree)
 
 
+def unbox(tree: Any) -> Any:
+  """Values of a boxed tree, without the sharding constraint `nn.meta.unbox` adds under a mesh
+  (which fails on the ShapeDtypeStructs of an abstract tree)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                      is_leaf=is_box)
+
+
 def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
   """NamedShardings for a boxed (abstract or concrete) variable tree.
 
@@ -111,10 +119,20 @@ def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) ->
                          f"over mesh axes {axes} of size {size}")
     return NamedSharding(mesh, mesh_spec)
 
-  return jax.tree_util.tree_map_with_path(one, nn.meta.unbox(boxed_tree),
-                                          logical_specs(boxed_tree))
+  return jax.tree_util.tree_map_with_path(one, unbox(boxed_tree), logical_specs(boxed_tree))
 
 
 def data_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Batch-leading arrays split over `('data', 'fsdp')`, other dims whole."""
   return NamedSharding(mesh, PartitionSpec(BATCH, *([None] * (ndim - 1))))
+
+
+def sharded_init(init_fn, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """Runs `init_fn() -> boxed variables` directly into its shardings (never whole on one device).
+
+  eval_shape gives the logical layout, the rules give NamedShardings, and a jit with those output
+  shardings materialises each shard where it lives. Returns unboxed variables.
+  """
+  with using(mesh, rules):
+    shardings = mesh_shardings(jax.eval_shape(init_fn), mesh, rules)
+    return jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
