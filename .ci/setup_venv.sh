@@ -10,6 +10,8 @@ fi
 echo "[setup] building .venv from requirements-lock.txt (about 2 minutes on a fresh machine)"
 rm -rf .venv
 python3.11 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lock.txt
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }  # local mirrors
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lock.txt 2>&1 | quiet
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+  -e . 2>&1 | quiet
 echo "$stamp" > .venv/.medpalm-stamp

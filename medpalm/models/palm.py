@@ -33,7 +33,10 @@ class PalmDecoder(nn.Module):
   def embed(self, tokens: Array) -> Array:
     """int32[B, T] -> float[B, T, D] (× sqrt(D) when `scale_embeddings`, Gemma's convention)."""
     c = self.config
-    x = jnp.take(self.embedding, tokens, axis=0).astype(jnp.dtype(c.dtype))
+    # Gather from a table whole along embed (vocab stays split): XLA cannot reshard the gather
+    # of an fsdp-split table to the batch-split activation without replicating it.
+    table = constrain(self.embedding, ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(c.dtype))
     if c.scale_embeddings:
       x = x * jnp.asarray(c.d_model ** 0.5, x.dtype)
     return constrain(x, ("batch", "length", "embed"))
