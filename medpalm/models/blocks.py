@@ -54,18 +54,50 @@ def _dtype(name: str):
   return jnp.dtype(name)
 
 
+CACHE_AXES = ("cache_batch", "cache_length", "cache_heads", "cache_kv")
+
+
 class Attention(nn.Module):
   """Multi-head attention with `num_kv_heads` key/value heads (1 = PaLM's multi-query).
 
   The attention width `num_heads * head_dim` may differ from `d_model` (PaLM 540B).
+
+  `mode` selects the KV cache behaviour: "full" (no cache: training, scoring), "prefill" (full
+  attention over the prompt, and its keys/values stored in a `cache_length` cache) or "extend"
+  (one new token per row at `positions`, written into the cache, attending to the cache up to
+  and including that position).
   """
   config: TransformerConfig
   axes: Axes
   rope_base: float | None = None
+  mode: str = "full"
+  cache_length: int | None = None
+
+  def _cache(self, k: Array, v: Array, positions: Array) -> tuple[Array, Array, Array | None]:
+    """Stores k/v (float[B, T, G, K]); returns the cached k/v and, when extending, the mask."""
+    b, t, g, d = k.shape
+    if self.mode == "extend" and not self.has_variable("cache", "cached_key"):
+      raise ValueError("decoding step without a KV cache: run a prefill first")
+    init = nn.with_logical_partitioning(jnp.zeros, CACHE_AXES)
+    shape = (b, self.cache_length or t, g, d)
+    cached_k = self.variable("cache", "cached_key", init, shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", init, shape, v.dtype)
+    if self.mode == "prefill":
+      cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, 0, axis=1)
+      cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, 0, axis=1)
+      return k, v, None
+    write = jax.vmap(lambda cache, x, i: jax.lax.dynamic_update_slice_in_dim(cache, x, i, 0))
+    index = positions[:, 0]
+    cached_k.value = write(cached_k.value, k, index)
+    cached_v.value = write(cached_v.value, v, index)
+    length = cached_k.value.shape[1]
+    mask = (jnp.arange(length)[None, :] <= index[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    return cached_k.value, cached_v.value, mask
 
   @nn.compact
   def __call__(self, x: Array, positions: Array | None, mask: Array | None) -> Array:
-    """x: float[B, T, D]; positions: int32[B, T] (for RoPE); mask: bool[B, 1, T, T]."""
+    """x: float[B, T, D]; positions: int32[B, T] (for RoPE and the cache); mask: bool[B, 1, T, T]
+    (ignored when extending: the cache defines what is visible)."""
     c, a = self.config, self.axes
     dense = functools.partial(DenseGeneral, use_bias=c.use_bias, dtype=_dtype(c.dtype),
                               param_dtype=_dtype(c.param_dtype))
@@ -82,6 +114,9 @@ class Attention(nn.Module):
       q = rotary_embedding(q, positions, self.rope_base)
       k = rotary_embedding(k, positions, self.rope_base)
     q = constrain(q * c.head_dim ** -0.5, ("batch", "length", a.heads, a.kv))
+    if self.mode != "full":
+      k, v, cache_mask = self._cache(k, v, positions)
+      mask = mask if cache_mask is None else cache_mask
     out = dot_product_attention(q, k, v, mask, _dtype(c.dtype))
     out = constrain(out, ("batch", "length", a.heads, a.kv))
     out = dense((c.num_heads, c.head_dim), (c.d_model,), (a.heads, a.kv, a.embed),
@@ -115,6 +150,8 @@ class Block(nn.Module):
   axes: Axes
   rope_base: float | None = None
   enable_dropout: bool = False
+  mode: str = "full"
+  cache_length: int | None = None
 
   @nn.compact
   def __call__(self, x: Array, positions: Array | None, mask: Array | None):
@@ -124,7 +161,7 @@ class Block(nn.Module):
                              dtype=_dtype(c.dtype), param_dtype=_dtype(c.param_dtype))
     dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,),
                          deterministic=not self.enable_dropout)
-    attention = Attention(c, a, self.rope_base, name="attention")
+    attention = Attention(c, a, self.rope_base, self.mode, self.cache_length, name="attention")
     mlp = Mlp(c, a, name="mlp")
     if c.parallel_block:
       h = norm(name="pre_norm")(x)
@@ -143,18 +180,21 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array | None, mask: Array | None,
-               enable_dropout: bool = False) -> Array:
+               enable_dropout: bool = False, mode: str = "full",
+               cache_length: int | None = None) -> Array:
+    """`mode` / `cache_length`: see `Attention` (the cache gets a leading layers axis when
+    scanned)."""
     c = self.config
     block = Block
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=_REMAT[c.remat_policy], prevent_cse=not c.scan_layers)
     kwargs = dict(config=c, axes=self.axes, rope_base=self.rope_base,
-                  enable_dropout=enable_dropout)
+                  enable_dropout=enable_dropout, mode=mode, cache_length=cache_length)
     if not c.scan_layers:
       for i in range(c.num_layers):
         x, _ = block(**kwargs, name=f"layers_{i}")(x, positions, mask)
       return x
-    scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
+    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True,
                                                                       "dropout": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
                       metadata_params={nn.PARTITION_NAME: self.axes.layers})

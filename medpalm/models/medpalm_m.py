@@ -52,16 +52,32 @@ class MedPalmM(nn.Module):
     return self.decoder.embed(tokens)
 
   def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
+               decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, images: Array | None = None,
-               image_mask: Array | None = None, decoder_positions: Array | None = None, *,
-               enable_dropout: bool = False) -> Array:
-    """Logits float32[B, T, vocab] of the multimodal sentence.
+               image_mask: Array | None = None, *, enable_dropout: bool = False,
+               decode: bool = False, prefill: bool = False,
+               max_decode_length: int | None = None) -> Array:
+    """Logits float32[B, T, vocab] of the multimodal sentence (T5X's decoder-only signature).
 
     `decoder_causal_attention` (int[B, T], 1 on the prefix) makes the prefix bidirectional
     (PaliGemma); without it attention is causal over the whole sequence (PaLM-E).
+
+    KV cache (needs `mutable=["cache"]`): `prefill=True` runs the full sequence, images included,
+    and stores every position's keys/values in a cache of `max_decode_length` positions;
+    `decode=True` takes one token per row (`decoder_input_tokens: int32[B, 1]`) at
+    `decoder_positions: int32[B, 1]` and attends to the cache up to that position.
     """
     c = self.config
     tokens = decoder_input_tokens
+    if decoder_segment_ids is not None:
+      raise ValueError("packed examples (decoder_segment_ids) are not supported: images cannot "
+                       "be packed; use a feature converter with pack=False")
+    if decode:
+      if images is not None or decoder_positions is None or tokens.shape[1] != 1:
+        raise ValueError("decode=True takes one token per row, decoder_positions int32[B, 1] "
+                         "and no images (their keys/values are in the cache from the prefill)")
+      x = self.embed_tokens(tokens)
+      return self.decoder(tokens, decoder_positions, None, embeddings=x, mode="extend")
     multimodal.validate_inputs(c, tokens, images, image_mask)
     x = self.embed_tokens(tokens)
     if images is not None:
@@ -71,8 +87,14 @@ class MedPalmM(nn.Module):
       decoder_positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     mask = multimodal.attention_mask(tokens.shape[1], decoder_causal_attention,
                                      decoder_target_tokens)
+    mode, cache_length = "full", None
+    if prefill:
+      mode, cache_length = "prefill", max_decode_length or tokens.shape[1]
+      if cache_length < tokens.shape[1]:
+        raise ValueError(f"max_decode_length {cache_length} is shorter than the prompt "
+                         f"({tokens.shape[1]} positions)")
     return self.decoder(tokens, decoder_positions, mask, embeddings=x,
-                        enable_dropout=enable_dropout)
+                        enable_dropout=enable_dropout, mode=mode, cache_length=cache_length)
 
 
 def dummy_inputs(config: MedPalmMConfig, batch: int = 1, length: int | None = None,

@@ -42,7 +42,8 @@ class PalmDecoder(nn.Module):
     return constrain(x, ("batch", "length", "embed"))
 
   def __call__(self, tokens: Array | None, positions: Array, attention_mask: Array | None, *,
-               embeddings: Array | None = None, enable_dropout: bool = False) -> Array:
+               embeddings: Array | None = None, enable_dropout: bool = False,
+               mode: str = "full", cache_length: int | None = None) -> Array:
     """Runs the decoder.
 
     Args:
@@ -50,13 +51,14 @@ class PalmDecoder(nn.Module):
       positions: int32[B, T] RoPE positions.
       attention_mask: bool[B, 1, T, T], True where a query may attend to a key.
       embeddings: float[B, T, D] inputs already embedded (text with image rows merged in).
+      mode, cache_length: KV cache behaviour ("full", "prefill", "extend"), see `Attention`.
     Returns:
       float32[B, T, vocab] logits.
     """
     c = self.config
     x = self.embed(tokens) if embeddings is None else embeddings
     x = self.dropout(x, deterministic=not enable_dropout)
-    x = self.stack(x, positions, attention_mask, enable_dropout)
+    x = self.stack(x, positions, attention_mask, enable_dropout, mode, cache_length)
     x = self.final_norm(x)
     logits = jnp.einsum("btd,vd->btv", x, self.embedding.astype(x.dtype),
                         preferred_element_type=jnp.float32) * c.output_scale

@@ -1,0 +1,176 @@
+"""MedPalmMModel keeps T5X's model contract: names, signatures, losses, initial variables."""
+import inspect
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from medpalm import model as model_lib
+from medpalm.model import MedPalmMModel
+from tests.decoding_setup import make_model, prompt_batch, small_config
+
+# T5X's DecoderOnlyModel surface: method -> parameter names in order.
+CONTRACT = {
+    "loss_fn": ["params", "batch", "dropout_rng"],
+    "eval_fn": ["params", "batch"],
+    "score_batch": ["params", "batch", "return_intermediates"],
+    "predict_batch": ["params", "batch", "rng"],
+    "predict_batch_with_aux": ["params", "batch", "rng", "return_all_decodes", "num_decodes",
+                               "decoder_params"],
+    "get_initial_variables": ["rng", "input_shapes", "input_types"],
+    "_compute_logits": ["params", "batch", "dropout_rng", "mutable", "other_variables"],
+}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = small_config()
+  model, params = make_model(config, z_loss=1e-3)
+  return config, model, params, prompt_batch(config)
+
+
+def test_method_names_and_signatures_follow_t5x():
+  for name, expected in CONTRACT.items():
+    params = list(inspect.signature(getattr(MedPalmMModel, name)).parameters)[1:]
+    assert params == expected, name
+  keyword_only = inspect.signature(MedPalmMModel.predict_batch_with_aux).parameters
+  assert all(keyword_only[p].kind is inspect.Parameter.KEYWORD_ONLY
+             for p in ("return_all_decodes", "num_decodes", "decoder_params"))
+  init = list(inspect.signature(MedPalmMModel.__init__).parameters)[1:]
+  assert init[:4] == ["module", "vocabulary", "optimizer_def", "decode_fn"]
+  for prop in ("input_vocabulary", "output_vocabulary", "decode_fn"):
+    assert isinstance(getattr(MedPalmMModel, prop), property)
+
+
+def _reference_loss(logits, targets, weights, z_loss):
+  """Plain numpy cross-entropy + z-loss, summed over weighted target tokens."""
+  logits = np.asarray(logits, np.float64)
+  log_z = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+  target_logit = np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
+  per_token = (log_z - target_logit) + z_loss * log_z ** 2
+  return float(np.sum(per_token * np.asarray(weights))), float(
+      np.sum(z_loss * log_z ** 2 * np.asarray(weights)))
+
+
+def test_loss_equals_a_hand_written_cross_entropy(setup):
+  config, model, params, batch = setup
+  loss, metrics = model.loss_fn(params, batch, None)
+  logits = model._compute_logits(params, batch)
+  want, want_z = _reference_loss(logits, batch["decoder_target_tokens"],
+                                 batch["decoder_loss_weights"], 1e-3)
+  assert float(loss) == pytest.approx(want, rel=1e-5)
+  assert float(metrics["z_loss"].compute()) == pytest.approx(want_z, rel=1e-4)
+  assert float(metrics["cross_ent_loss"].compute()) == pytest.approx(want - want_z, rel=1e-5)
+  assert set(metrics) >= {"loss", "accuracy", "z_loss", "cross_ent_loss",
+                          "loss_per_nonpadding_target_token", "loss_per_all_target_tokens"}
+  assert 0.0 <= float(metrics["accuracy"].compute()) <= 1.0
+
+
+def test_prompt_tokens_carry_no_loss(setup):
+  config, model, params, batch = setup
+  loss, _ = model.loss_fn(params, batch, None)
+  prompt = batch["decoder_causal_attention"].astype(bool)
+  changed = dict(batch, decoder_target_tokens=jnp.where(prompt, 7, batch["decoder_target_tokens"]))
+  assert float(model.loss_fn(params, changed, None)[0]) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_score_batch_is_minus_the_summed_target_cross_entropy():
+  config = small_config()
+  model, params = make_model(config, z_loss=0.0)  # normalization None: loss is a sum
+  batch = {k: v[:1] for k, v in prompt_batch(config).items()}
+  loss, _ = model.loss_fn(params, batch, None)
+  score = model.score_batch(params, batch)
+  assert score.shape == (1,)
+  assert float(score[0]) == pytest.approx(-float(loss), rel=1e-6)
+  scores, intermediates = model.score_batch(params, batch, return_intermediates=True)
+  assert intermediates["token_scores"].shape == batch["decoder_input_tokens"].shape
+
+
+def test_loss_normalizing_factors(setup):
+  config, _, params, batch = setup
+  total = float(make_model(config, z_loss=0.0)[0].loss_fn(params, batch, None)[0])
+  per_token, _ = make_model(config, z_loss=0.0,
+                            loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")[0].loss_fn(
+                                params, batch, None)
+  assert float(per_token) == pytest.approx(total / float(jnp.sum(batch["decoder_loss_weights"])),
+                                           rel=1e-6)
+  constant, _ = make_model(config, z_loss=0.0, loss_normalizing_factor=4.0)[0].loss_fn(
+      params, batch, None)
+  assert float(constant) == pytest.approx(total / 4.0, rel=1e-6)
+  with pytest.raises(ValueError, match="loss_normalizing_factor"):
+    make_model(config, loss_normalizing_factor="PER_BANANA")
+
+
+def test_dropout_rng_turns_dropout_on():
+  config = small_config(dropout_rate=0.3)
+  model, params = make_model(config)
+  batch = prompt_batch(config)
+  a = model.loss_fn(params, batch, None)[0]
+  assert float(a) == float(model.loss_fn(params, batch, None)[0])
+  assert float(a) != float(model.loss_fn(params, batch, jax.random.key(1))[0])
+
+
+def test_initial_variables_have_axes_for_every_parameter():
+  config = small_config()
+  model, _ = make_model(config)
+  shapes = {"decoder_input_tokens": (4, 24), "decoder_target_tokens": (4, 24),
+            "decoder_causal_attention": (4, 24), "decoder_loss_weights": (4, 24),
+            "images": (4, 1, 28, 28, 3), "image_mask": (4, 1)}
+  types = {"decoder_loss_weights": jnp.float32, "images": jnp.uint8, "image_mask": jnp.bool_}
+  variables = jax.eval_shape(
+      lambda: model.get_initial_variables(jax.random.key(0), shapes, types))
+  params = jax.tree_util.tree_leaves_with_path(variables["params"])
+  assert {"vision", "projector", "decoder"} <= set(variables["params"])
+  for path, leaf in params:
+    keys = [k.key for k in path]
+    node = variables["params_axes"]
+    for k in keys[:-1]:
+      node = node[k]
+    axes = node[keys[-1] + "_axes"]
+    assert len(axes.names) == leaf.ndim, keys
+
+
+def test_optimizer_state_axes_follow_parameters(setup):
+  config, model, params, batch = setup
+  opt = model_lib.adafactor(1e-3)
+  state = opt.init_state(params)
+  boxed = jax.eval_shape(lambda: model.module.init(jax.random.key(0),
+                                                   batch["decoder_input_tokens"],
+                                                   images=batch["images"],
+                                                   image_mask=batch["image_mask"]))
+  axes = opt.derive_logical_axes(state, nn.get_partition_spec(boxed)["params"])
+  flat = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(
+      axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))}
+  states = dict((jax.tree_util.keystr(p), s) for p, s in jax.tree_util.tree_leaves_with_path(state))
+  assert set(flat) == set(states)
+  for key, spec in flat.items():
+    assert len(spec) == np.ndim(states[key]), key
+  momentum = [k for k in flat if "wi_0" in k and np.ndim(states[k]) == 3]
+  assert momentum and all(flat[k] == jax.sharding.PartitionSpec("layers", "embed", "mlp")
+                          for k in momentum)
+  new_params, _ = opt.apply_gradient(None, params, state, jax.tree.map(jnp.ones_like, params))
+  assert not np.allclose(new_params["projector"]["kernel"], params["projector"]["kernel"])
+
+
+def test_feature_converter_keeps_images_and_refuses_packing():
+  with pytest.raises(ValueError, match="cannot be packed"):
+    MedPalmMModel.FEATURE_CONVERTER_CLS(pack=True)
+  converter = MedPalmMModel.FEATURE_CONVERTER_CLS(pack=False)
+  ds = tf.data.Dataset.from_tensors({
+      "inputs": tf.constant([5, 6, 7], tf.int32), "targets": tf.constant([8, 9, 1], tf.int32),
+      "images": tf.zeros((1, 28, 28, 3), tf.uint8), "image_mask": tf.constant([True])})
+  # SeqIO wants a length for every feature; for images it is the number of images.
+  lengths = {"inputs": 6, "targets": 4, "images": 1, "image_mask": 1}
+  out = next(iter(converter(ds, lengths).as_numpy_iterator()))
+  assert set(out) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                      "decoder_causal_attention", "images", "image_mask"}
+  np.testing.assert_array_equal(out["decoder_target_tokens"], [5, 6, 7, 8, 9, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(out["decoder_input_tokens"], [0, 5, 6, 7, 8, 9, 1, 0, 0, 0])
+  np.testing.assert_array_equal(out["decoder_causal_attention"], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(out["decoder_loss_weights"], [0, 0, 0, 1, 1, 1, 0, 0, 0, 0])
+  assert out["images"].shape == (1, 28, 28, 3) and out["images"].dtype == np.uint8
+  assert seqio.DecoderFeatureConverter in MedPalmMModel.FEATURE_CONVERTER_CLS.__mro__
