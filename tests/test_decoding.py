@@ -172,3 +172,24 @@ def test_decode_step_without_prefill_is_a_clear_error(setup):
                            decoder_positions=jnp.zeros((2, 1), jnp.int32), decode=True,
                            mutable=["cache"])
   assert EOS == model.output_vocabulary.eos_id
+
+
+def test_rank_classification_scores_each_option_after_the_prompt(setup):
+  from medpalm import rank_classification
+  config, model, params, batch = setup
+  options = [[17, 1], [23, 29, 1], [5, 1]]
+  scores, probs, best = rank_classification.rank_classify(model, params, batch, options)
+  assert scores.shape == probs.shape == (2, 3)
+  np.testing.assert_allclose(np.asarray(probs).sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(best, np.argmax(np.asarray(scores), 1))
+  # By hand: the log-probabilities of the option tokens from one forward pass per option.
+  lengths = np.asarray(jnp.sum(batch["decoder_causal_attention"], 1))
+  for row in range(2):
+    for k, option in enumerate(options):
+      p = lengths[row]
+      seq = np.concatenate([np.asarray(batch["decoder_input_tokens"][row, :p]), option])
+      logits = MedPalmM(config).apply({"params": params}, jnp.asarray(seq)[None],
+                                      images=batch["images"][row:row + 1])
+      log_probs = jax.nn.log_softmax(logits[0], -1)
+      want = sum(float(log_probs[p - 1 + j, tok]) for j, tok in enumerate(option))
+      assert float(scores[row, k]) == pytest.approx(want, rel=1e-5)
