@@ -10,10 +10,10 @@ ascending (best last, as T5X returns them). Scores are sums of the model's log-p
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -22,7 +22,7 @@ StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
 NEG_INF = -1.0e7  # finite "minus infinity": keeps arithmetic on dead beams NaN-free
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class Prefilled:
   """What decoding starts from.
 
@@ -35,7 +35,7 @@ class Prefilled:
   cache: Any
   positions: Array
   limits: Array | None = None
-  cache_batch_axis: int = 0
+  cache_batch_axis: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def _repeat(tree: Any, n: int, axis: int) -> Any:

@@ -193,3 +193,22 @@ def test_rank_classification_scores_each_option_after_the_prompt(setup):
       log_probs = jax.nn.log_softmax(logits[0], -1)
       want = sum(float(log_probs[p - 1 + j, tok]) for j, tok in enumerate(option))
       assert float(scores[row, k]) == pytest.approx(want, rel=1e-5)
+
+
+def test_kv_cache_is_sharded_by_its_logical_axes():
+  """Under the default rules the cache splits over the batch axes, like the activations."""
+  config = small_config()
+  model, params = make_model(config)
+  batch = prompt_batch(config, prompt_lengths=(9, 14) * 4, image_at=(2, 5) * 4)
+  mesh = partitioning.make_mesh(2, 2, 2)
+  with partitioning.using(mesh):
+    data = {k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim))
+            for k, v in batch.items()}
+    lengths = jnp.sum(batch["decoder_causal_attention"], 1)
+    start = jax.jit(lambda p, b: model.prefill(p, b, 24, lengths))(params, data)
+  leaves = jax.tree.leaves(start.cache)
+  assert len(leaves) == 2  # cached_key, cached_value: [layers, B, S, kv heads, head dim]
+  for leaf in leaves:
+    assert leaf.shape == (2, 8, 24, 1, 16)
+    assert leaf.sharding.spec[:2] == (None, ("data", "fsdp"))
+    assert leaf.sharding.shard_shape(leaf.shape)[1] == 2
