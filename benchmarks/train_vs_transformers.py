@@ -1,0 +1,122 @@
+"""One training step, medpalm vs transformers, on the same PaliGemma-architecture model.
+
+    .venv/bin/python benchmarks/train_vs_transformers.py
+
+A random PaliGemma (SigLIP + projector + Gemma) is built in transformers, saved, and imported
+into medpalm (`convert.import_paligemma`), so both sides hold the same weights. Both run the same
+work: a batch of images + text (image tokens and prompt as bidirectional prefix, loss on the
+suffix), forward + backward + AdamW update. Prints tokens/s and the ratio ours / theirs (target
+≥ 1.5×), after checking that both compute the same loss.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import seqio  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from common import best_time  # noqa: E402
+from medpalm import convert  # noqa: E402
+from medpalm.model import MedPalmMModel  # noqa: E402
+from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--text", type=int, default=128, help="text tokens after the image")
+  parser.add_argument("--layers", type=int, default=6)
+  parser.add_argument("--d_model", type=int, default=512)
+  parser.add_argument("--vocab", type=int, default=16384)
+  args = parser.parse_args(argv)
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+
+  config = transformers.PaliGemmaConfig(
+      vision_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=4, image_size=224, patch_size=14),
+      text_config=dict(vocab_size=args.vocab, hidden_size=args.d_model,
+                       intermediate_size=4 * args.d_model, num_hidden_layers=args.layers,
+                       num_attention_heads=args.d_model // 64, head_dim=64,
+                       num_key_value_heads=1),
+      image_token_index=args.vocab - 1, projection_dim=args.d_model)
+  reference = transformers.PaliGemmaForConditionalGeneration(config).train()
+  with tempfile.TemporaryDirectory() as path:
+    reference.save_pretrained(path)
+    ours_config, params, _ = convert.import_paligemma(path)
+  model = MedPalmMModel(MedPalmM(ours_config), seqio.PassThroughVocabulary(args.vocab, 1),
+                        z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+                        prefix_bidirectional=True)
+
+  rng = np.random.default_rng(0)
+  m = ours_config.num_image_tokens
+  length = m + args.text
+  prefix = m + args.text // 2
+  tokens = rng.integers(2, args.vocab - 1, (args.batch, length)).astype(np.int64)
+  tokens[:, :m] = ours_config.image_token_id
+  images = rng.integers(0, 256, (args.batch, 224, 224, 3), dtype=np.uint8)
+  targets = np.roll(tokens, -1, axis=1)
+  weights = np.zeros((args.batch, length), np.float32)
+  weights[:, prefix - 1:length - 1] = 1  # predict every suffix token
+  causal = np.zeros((args.batch, length), np.int32)
+  causal[:, :prefix] = 1
+  batch = {"decoder_input_tokens": jnp.asarray(tokens, jnp.int32),
+           "decoder_target_tokens": jnp.asarray(targets, jnp.int32),
+           "decoder_loss_weights": jnp.asarray(weights),
+           "decoder_causal_attention": jnp.asarray(causal),
+           "images": jnp.asarray(images)[:, None], "image_mask": jnp.ones((args.batch, 1), bool)}
+
+  optimizer = optax.adamw(1e-4)
+  state = {"params": params, "opt": optimizer.init(params)}
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, None)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  def ours():
+    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
+    return float(loss)
+
+  torch_opt = torch.optim.AdamW(reference.parameters(), lr=1e-4)
+  labels = torch.tensor(np.where(causal == 1, -100, tokens), dtype=torch.long)
+  torch_inputs = dict(input_ids=torch.tensor(tokens), labels=labels,
+                      pixel_values=torch.tensor(images.astype(np.float32) / 127.5 - 1).permute(
+                          0, 3, 1, 2),
+                      token_type_ids=torch.tensor(1 - causal, dtype=torch.long))
+
+  def theirs():
+    torch_opt.zero_grad()
+    loss = reference(**torch_inputs).loss
+    loss.backward()
+    torch_opt.step()
+    return loss.item()
+
+  first_ours, first_theirs = ours(), theirs()  # same weights: the same loss before any update
+  t_ours = best_time(ours)
+  t_theirs = best_time(theirs)
+  work = args.batch * length
+  print(f"PaliGemma architecture: SigLIP 4×256 at 224² ({m} image tokens) + Gemma "
+        f"{args.layers}×{args.d_model}, vocab {args.vocab}; batch {args.batch} × {length} "
+        f"positions; AdamW; {jax.device_count()} CPU device(s), torch threads "
+        f"{torch.get_num_threads()}")
+  print(f"first-step loss: medpalm {first_ours:.5f}, transformers {first_theirs:.5f}")
+  print(f"medpalm       {work / t_ours:9.1f} tokens/s ({t_ours * 1e3:.0f} ms/step)")
+  print(f"transformers  {work / t_theirs:9.1f} tokens/s ({t_theirs * 1e3:.0f} ms/step)")
+  print(f"ratio medpalm / transformers: {t_theirs / t_ours:.2f}x (target >= 1.5x)")
+
+
+if __name__ == "__main__":
+  main()
