@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -24,20 +25,11 @@ import seqio  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from common import best_time  # noqa: E402
 from medpalm import configs, convert  # noqa: E402
 from medpalm.configs import MedPalmMConfig  # noqa: E402
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
-
-
-def best_time(fn, repeats: int = 3) -> float:
-  fn()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def build(args, path):

@@ -62,22 +62,13 @@ def test_palm_decoder_matches_cohere(tmp_path):
   assert _max_diff(_decoder_logits(config, params, tokens), want) <= TOL
 
 
-def test_gemma_decoder_matches_gemma(tmp_path):
-  """Sequential block, RMSNorm (1 + w), GeGLU, sqrt(d)-scaled embeddings, MQA."""
-  cfg = transformers.GemmaConfig(**TEXT, num_key_value_heads=1)
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_gemma_decoder_matches_gemma(tmp_path, kv_heads):
+  """Sequential block, RMSNorm (1 + w), GeGLU, sqrt(d)-scaled embeddings; MQA and GQA."""
+  cfg = transformers.GemmaConfig(**TEXT, num_key_value_heads=kv_heads)
   ref = _save(transformers.GemmaForCausalLM(cfg), tmp_path)
   config, params, report = convert.import_gemma(tmp_path)
-  assert report.unused == []
-  tokens = _tokens()
-  want = ref(input_ids=torch.tensor(tokens, dtype=torch.long)).logits
-  assert _max_diff(_decoder_logits(config, params, tokens), want) <= TOL
-
-
-def test_grouped_query_attention_matches_gemma(tmp_path):
-  cfg = transformers.GemmaConfig(**TEXT, num_key_value_heads=2)
-  ref = _save(transformers.GemmaForCausalLM(cfg), tmp_path)
-  config, params, _ = convert.import_gemma(tmp_path)
-  assert config.num_kv_heads == 2
+  assert config.num_kv_heads == kv_heads and report.unused == []
   tokens = _tokens()
   want = ref(input_ids=torch.tensor(tokens, dtype=torch.long)).logits
   assert _max_diff(_decoder_logits(config, params, tokens), want) <= TOL
