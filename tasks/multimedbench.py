@@ -1,0 +1,489 @@
+"""The 14 MultiMedBench SeqIO tasks and the mixtures ``multimedbench``, ``multimedbench_eval``,
+``multimedbench_demo``.
+
+Per task: source → prompt preprocessor (tokenize, budget, image placeholders) → append EOS. The
+source is resumable (ENV_NOTES 13: no Python generator anywhere): an in-memory table of rendered
+query segments (one row per example) read by index, joined for image tasks with the prepared image
+shards (tasks.prepare):
+
+  text task    range(E) [shuffled] -> gather table row -> + zero image (image_mask False)
+  image task   shard order [shuffled] -> interleave(zip(shard records, that shard's rows grouped
+               per image)) -> flat_map: one example per row, each with its image (mask True)
+
+Prompts are rendered in Python (tasks.prompts) when the table is built; exemplars are row indices
+into a bounded per-task exemplar table drawn from the training split.
+
+Mixing: ``multimedbench`` interleaves its tasks along a fixed proportional schedule
+(`proportional_interleave`) rather than sampling at random, so the paper's rates hold within one
+example over any window (a 0.15 % task still appears), and the choice sequence is checkpointable.
+
+Resuming: a tf.train.Checkpoint of the mixture's iterator restores the exact stream once every
+task has produced an element (measured; a shuffled sub-iterator saved before its first element
+re-draws its shuffle seed on restore — still valid data, not the same order). With the schedule
+every task has appeared after 667 examples.
+
+Data: ``$MEDPALM_DATA_DIR/<dataset>/`` for the text datasets, and the prepared shards for the
+image datasets (``python -m tasks.prepare``); per-dataset directories can be bound in gin with
+``multimedbench_data.dataset_dirs = {"mimic_cxr": "/data/mimic-cxr"}``. A missing dataset raises
+the readers' MissingDatasetError (which names the directory and the official files), an image
+dataset not yet prepared raises tasks.prepare.NotPreparedError (which gives the command).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from typing import Mapping
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from tasks import features as feats
+from tasks import images as image_lib
+from tasks import postprocessors, preprocessors, prompts, readers
+from tasks import vocab as vocab_lib
+
+PREFIX = "multimedbench"
+TASKS = tuple(prompts.TEMPLATES)  # the 14 task suffixes, e.g. "vqa_rad"
+EVAL_ONLY = ("pubmedqa",)
+IMAGE_TASKS = tuple(t for t, tpl in prompts.TEMPLATES.items() if tpl.has_image)
+
+# Table A.1 of the paper, in percent. CBIS-DDSM's 1.56 % is split between its two tasks in
+# proportion to the paper's training sizes (mass 1,318, calcification 1,544).
+CBIS_TRAIN_SIZES = {"cbis_ddsm_mass": 1318, "cbis_ddsm_calc": 1544}
+MIXTURE_RATES: dict[str, float] = {
+    "mimic_cxr_report": 59.90,
+    "mimic_cxr_classification": 11.98,
+    "medmcqa": 6.25,
+    "pad_ufes_20": 6.25,
+    "medqa": 3.13,
+    "mimic_iii": 3.13,
+    "slake": 2.64,
+    "path_vqa": 1.90,
+    "vindr_mammo": 1.56,
+    **{t: 1.56 * n / sum(CBIS_TRAIN_SIZES.values()) for t, n in CBIS_TRAIN_SIZES.items()},
+    "precisionfda": 1.56,
+    "vqa_rad": 0.15,
+}
+MULTIPLE_CHOICE = ("medqa", "medmcqa", "pubmedqa", "mimic_cxr_classification", "pad_ufes_20",
+                   "vindr_mammo", "cbis_ddsm_mass", "cbis_ddsm_calc", "precisionfda")
+VQA = ("vqa_rad", "slake", "path_vqa")
+UPSAMPLED = {"mimic_cxr_classification": "mimic_cxr", "vindr_mammo": "vindr_mammo"}
+DEFAULT_POOL_SIZE = 4096
+# Examples held by seqio's shuffle buffer per task: each carries its uint8[1, 224, 224, 3] image
+# (150 KB), so 1,000 × 13 training tasks ≈ 2 GB of host memory. Sources pre-shuffle too
+# (see _dataset_fn).
+SHUFFLE_BUFFER = 1000
+
+
+@gin.configurable("multimedbench_data")
+def data_config(data_dir: str | None = None, dataset_dirs: Mapping[str, str] | None = None,
+                prepared_dir: str | None = None, on_error: str = "raise") -> dict:
+    """Gin-bindable data locations, read when a dataset is built (not at import).
+
+    data_dir: root with one sub-directory per dataset (default $MEDPALM_DATA_DIR).
+    dataset_dirs: per-dataset overrides, e.g. {"mimic_cxr": "/mnt/mimic-cxr-jpg"}.
+    prepared_dir: root of tasks.prepare's output (default $MEDPALM_PREPARED_DIR or
+      <data_dir>/prepared).
+    on_error: what the text readers do with an invalid record: "raise" (an error naming file,
+      line and field) or "skip" (skipped, counted and logged by the reader).
+    """
+    return {"data_dir": data_dir, "dataset_dirs": dict(dataset_dirs or {}),
+            "prepared_dir": prepared_dir, "on_error": on_error}
+
+
+def split_names(task: str) -> tuple[str, ...]:
+    return tuple(readers.get_module(readers.TASK_READERS[task][0]).SPLITS)
+
+
+def accuracy(targets, predictions) -> dict[str, float]:
+    """Exact match of postprocessed prediction and target, in percent (multiple-choice tasks)."""
+    if len(targets) != len(predictions):
+        raise ValueError(f"{len(targets)} targets vs {len(predictions)} predictions")
+    if not targets:
+        return {"accuracy": float("nan")}
+    return {"accuracy": 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+
+
+def metric_fns(task: str) -> list:
+    """The metric hook of a task. Multiple-choice tasks: exact-match accuracy on the canonical
+    option text. Generative tasks (report summarization/generation, VQA): an empty list on
+    purpose — BLEU / ROUGE-L / F1-RadGraph / CheXbert / token F1 come with the metrics work
+    (tasks/metrics.py), which replaces this hook."""
+    return [accuracy] if task in MULTIPLE_CHOICE else []
+
+
+def postprocess_fn(task: str):
+    """Strip the trailing period and normalise (tasks.postprocessors); VQA also lower-cases."""
+    if task in VQA:
+        return postprocessors.normalize_lower
+    if task in _TASK_OPTIONS:  # fixed class set: canonical option text
+        return postprocessors.OptionPostprocessor(_TASK_OPTIONS[task])
+    return postprocessors.normalize  # MedQA / MedMCQA options differ per question; free text
+
+
+_TASK_OPTIONS = {
+    "pubmedqa": ["yes", "no", "maybe"],
+    "mimic_cxr_classification": ["No", "Yes"],
+    "pad_ufes_20": ["Nevus", "Basal Cell Carcinoma", "Squamous Cell Carcinoma", "Actinic Keratosis",
+                    "Seborrheic Keratosis", "Melanoma"],
+    "vindr_mammo": ["1", "2", "3", "4", "5"],
+    "cbis_ddsm_mass": ["BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"],
+    "cbis_ddsm_calc": ["BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"],
+    "precisionfda": ["0", "1", "2"],
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Records and tables (Python side)
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """Everything a registered task needs besides the vocabulary (hashable: tables are cached)."""
+
+    task: str
+    name: str
+    num_image_tokens: int = feats.NUM_IMAGE_TOKENS
+    image_size: int = feats.IMAGE_SIZE
+    exemplar_pool_size: int = DEFAULT_POOL_SIZE
+    data_dir: str | None = None       # overrides multimedbench_data.data_dir / $MEDPALM_DATA_DIR
+    prepared_dir: str | None = None   # overrides multimedbench_data.prepared_dir
+
+    @property
+    def dataset(self) -> str:
+        return readers.TASK_READERS[self.task][0]
+
+    @property
+    def template(self) -> prompts.Template:
+        return prompts.TEMPLATES[self.task]
+
+
+def _prepare():
+    # Imported when needed, not at import: `python -m tasks.prepare` runs that module as
+    # __main__, and importing it here first would load it twice.
+    from tasks import prepare
+    return prepare
+
+
+def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+    """(dataset dir or None = readers' default, prepared root or None)."""
+    conf = data_config()
+    module = readers.get_module(cfg.dataset)
+    root = cfg.data_dir or conf["data_dir"] or os.environ.get(readers.DATA_DIR_ENV)
+    ddir = conf["dataset_dirs"].get(cfg.dataset)
+    ddir = pathlib.Path(ddir) if ddir else (pathlib.Path(root) / module.DATASET_DIR if root
+                                            else None)
+    prepared = cfg.prepared_dir or conf["prepared_dir"]
+    try:
+        proot = _prepare().prepared_root(prepared, root)
+    except _prepare().NotPreparedError:
+        proot = None
+    return ddir, proot
+
+
+def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path | None, dict]:
+    """Records of one split (+ the prepared split directory and manifest for image tasks)."""
+    ddir, proot = _locations(cfg)
+    if cfg.task not in IMAGE_TASKS:
+        result = readers.read_task(cfg.task, split, data_dir=ddir,
+                                   on_error=data_config()["on_error"])
+        return result.records, None, {}
+    if proot is None:
+        raise _prepare().NotPreparedError(
+            f"{cfg.name}: images must be prepared first: set ${readers.DATA_DIR_ENV} (or "
+            f"${_prepare().PREPARED_ENV}) and run `python -m tasks.prepare {cfg.dataset}`")
+    out, manifest = _prepare().load_manifest(proot, cfg.dataset, cfg.image_size, split)
+    path = out / f"records-{cfg.task}.jsonl"
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return records, out, manifest
+
+
+@functools.lru_cache(maxsize=64)
+def _exemplar_pool(cfg: TaskConfig) -> tuple[tuple[dict, ...], tuple[str, ...]]:
+    """(pool records, rendered exemplar texts) drawn from the training split."""
+    if cfg.template.num_shots == 0:
+        return (), ()
+    train, _, _ = _read_records(cfg, "train")
+    pool = prompts.exemplar_pool(train, cfg.exemplar_pool_size, salt=cfg.task)
+    return tuple(pool), tuple(cfg.template.exemplar(r) for r in pool)
+
+
+@dataclasses.dataclass
+class _Table:
+    columns: dict[str, np.ndarray]      # per example, see preprocessors' module docstring
+    image_keys: list[str]               # per example (image tasks)
+    shard_dir: pathlib.Path | None
+    manifest: dict
+
+
+@functools.lru_cache(maxsize=64)
+def _table(cfg: TaskConfig, split: str) -> _Table:
+    records, shard_dir, manifest = _read_records(cfg, split)
+    if split == "train" and cfg.task in UPSAMPLED:
+        module = readers.get_module(UPSAMPLED[cfg.task])
+        records = readers.expand_repeats(records, module.train_repeats)
+    template = cfg.template
+    pool, _ = _exemplar_pool(cfg)
+    k = template.num_shots
+    ids, queries, exemplars, targets = [], [], [], []
+    for r in records:
+        query = template.query(r)
+        if tuple(s.role for s in query) != template.query_roles:
+            raise ValueError(f"{cfg.name}: record {r.get('id')!r} renders an unexpected segment "
+                             "layout")
+        picks = prompts.choose_exemplars(r, pool, k, salt=cfg.task)
+        ids.append(str(r["id"]))
+        queries.append([s.text for s in query])
+        exemplars.append(picks + [-1] * (k - len(picks)))
+        targets.append(template.target(r))
+    q = len(template.query_roles)
+    columns = {
+        "id": np.asarray(ids, dtype=object),
+        "query": np.asarray(queries, dtype=object).reshape(len(records), q),
+        "exemplars": np.asarray(exemplars, dtype=np.int32).reshape(len(records), k),
+        "targets": np.asarray(targets, dtype=object),
+    }
+    keys = [r.get("image_key", "") for r in records] if cfg.task in IMAGE_TASKS else []
+    return _Table(columns, keys, shard_dir, manifest)
+
+
+# --------------------------------------------------------------------------------------------
+# tf.data sources
+
+def _zero_image(ex, size: int):
+    ex = dict(ex)
+    ex["images"] = tf.zeros([1, size, size, 3], tf.uint8)
+    ex["image_mask"] = tf.zeros([1], tf.bool)
+    return ex
+
+
+def _parse_image(size: int):
+    spec = {"key": tf.io.FixedLenFeature([], tf.string),
+            "image": tf.io.FixedLenFeature([], tf.string)}
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), [size, size, 3])
+        return ex["key"], image
+
+    return parse
+
+
+def _constant(col: np.ndarray) -> tf.Tensor:
+    return tf.constant(col.tolist() if col.dtype == object else col)
+
+
+def _image_dataset(cfg: TaskConfig, table: _Table, split: str, shuffle: bool, seed
+                   ) -> tf.data.Dataset:
+    """Examples joined with their prepared image.
+
+    Shard i holds the images keys[i*shard_size:(i+1)*shard_size] (minus failed ones), in order;
+    the table's rows are grouped per image in the same order, so each shard is zipped with its
+    slice of groups and every group expanded into its examples (an image without examples yields
+    nothing). Shuffling permutes the shards and interleaves four at a time; seqio's buffer then
+    mixes examples.
+    """
+    manifest, sdir = table.manifest, table.shard_dir
+    keys = json.loads((sdir / "keys.json").read_text())
+    size = manifest["shard_size"]
+    good_per_shard, good_keys = [], []
+    for i, name in enumerate(manifest["shards"]):
+        failed = set(json.loads((sdir / (name + ".failed.json")).read_text()))
+        shard_keys = [k for k in keys[i * size:(i + 1) * size] if k not in failed]
+        good_per_shard.append(len(shard_keys))
+        good_keys += shard_keys
+    position = {k: i for i, k in enumerate(good_keys)}
+    missing = [k for k in table.image_keys if k not in position]
+    if missing:
+        raise _prepare().NotPreparedError(
+            f"{cfg.name}/{split}: {len(missing)} example image(s) are not in the prepared shards "
+            f"(first: {missing[0]}); rerun `python -m tasks.prepare {cfg.dataset}`")
+    where = np.asarray([position[k] for k in table.image_keys], np.int64)
+    order = np.argsort(where, kind="stable")
+    counts = np.bincount(where, minlength=len(good_keys)).astype(np.int64)
+    grouped = {name: tf.RaggedTensor.from_row_lengths(_constant(col[order]), counts)
+               for name, col in table.columns.items()}
+    offsets = tf.constant(np.concatenate([[0], np.cumsum(good_per_shard)]), tf.int64)
+    files = tf.constant([str(sdir / name) for name in manifest["shards"]])
+    parse = _parse_image(cfg.image_size)
+
+    def shard(i):
+        images = tf.data.TFRecordDataset(files[i]).map(parse)
+        groups = tf.data.Dataset.range(offsets[i], offsets[i + 1]).map(
+            lambda g: {name: col[g] for name, col in grouped.items()})
+        return tf.data.Dataset.zip(images, groups)
+
+    def expand(image_record, group):
+        _, image = image_record
+        n = tf.shape(group["id"])[0]
+        per_example = dict(group)
+        per_example["images"] = tf.repeat(image[tf.newaxis, tf.newaxis], n, axis=0)
+        per_example["image_mask"] = tf.ones([n, 1], tf.bool)
+        return tf.data.Dataset.from_tensor_slices(per_example)
+
+    order_ds = tf.data.Dataset.range(len(manifest["shards"]))
+    if shuffle:
+        order_ds = order_ds.shuffle(len(manifest["shards"]), seed=seed,
+                                    reshuffle_each_iteration=True)
+    return order_ds.interleave(shard, cycle_length=min(4, len(manifest["shards"]))
+                               ).flat_map(expand)
+
+
+# Train-time augmentation where the paper names one (tasks.images: pure functions of image, seed).
+AUGMENT = {"pad_ufes_20": image_lib.augment_pad_ufes, "vindr_mammo": image_lib.augment_mammography,
+           "cbis_ddsm_mass": image_lib.augment_mammography,
+           "cbis_ddsm_calc": image_lib.augment_mammography}
+
+
+def augmented(ds: tf.data.Dataset, fn, seed: int) -> tf.data.Dataset:
+    """``ds`` with ``images[0]`` replaced by ``fn(image, s)`` for a per-example seed ``s``.
+
+    ``s`` is the next value of ``tf.data.Dataset.random(seed)``, which restarts with the source at
+    each epoch: an example's seed is that of its position in the epoch, so it changes between
+    epochs when the source order does (shuffled shards), and stays the same for a dataset held in
+    one shard. Per-epoch re-randomisation (``rerandomize_each_iteration``, or a reshuffle before
+    the seeds) was measured not to restore exactly from an iterator checkpoint across epoch
+    boundaries, so it is not used: resuming reproduces the same images (ENV_NOTES 13).
+    The augmentation runs in a ``stateful=False`` tf.numpy_function: it is pure in (image, s),
+    and tf.train.Checkpoint saves iterators through it without any external-state option.
+    """
+    seeds = tf.data.Dataset.random(seed=seed)
+
+    def apply(ex, s):
+        image = ex["images"][0]
+        out = tf.numpy_function(lambda im, sd: fn(im, int(sd) % (1 << 63)), [image, s],
+                                tf.uint8, stateful=False)
+        out = tf.ensure_shape(out, image.shape)
+        return {**ex, "images": tf.concat([out[tf.newaxis], ex["images"][1:]], axis=0)}
+
+    return tf.data.Dataset.zip(ds, seeds).map(apply)
+
+
+def _dataset_fn(split: str, shuffle_files: bool, seed=None, *, cfg: TaskConfig) -> tf.data.Dataset:
+    """The task's source. ``shuffle_files``: text tasks permute the whole table (an index
+    shuffle, cheap to checkpoint), image tasks the shard order. The train split of PAD-UFES-20
+    and the mammography tasks is augmented (see `augmented`)."""
+    table = _table(cfg, split)
+    if cfg.task in IMAGE_TASKS:
+        ds = _image_dataset(cfg, table, split, shuffle_files, seed)
+        if split == "train" and cfg.task in AUGMENT:
+            aug_seed = prompts._hash64(cfg.task, "augment") if seed is None else int(seed)
+            ds = augmented(ds, AUGMENT[cfg.task], aug_seed % (1 << 62))
+    else:
+        columns = {name: _constant(col) for name, col in table.columns.items()}
+        ds = tf.data.Dataset.range(len(table.columns["id"]))
+        if shuffle_files:
+            ds = ds.shuffle(len(table.columns["id"]), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda i: {name: col[i] for name, col in columns.items()})
+        ds = ds.map(functools.partial(_zero_image, size=cfg.image_size))
+    name = tf.constant(cfg.name)
+    return ds.map(lambda ex: {**ex, "task_name": name})
+
+
+# --------------------------------------------------------------------------------------------
+# Mixing
+
+MIXING_PERIOD = 10_000
+
+
+def mixing_schedule(rates, period: int = MIXING_PERIOD) -> np.ndarray:
+    """int32[period]: task indices in which task i appears round(rate_i / sum · period) times
+    (largest remainders), spread evenly (smooth weighted round robin), so every window of the
+    schedule holds each task within about one example of its share."""
+    rates = np.asarray(rates, np.float64)
+    if rates.ndim != 1 or not len(rates) or (rates < 0).any() or rates.sum() <= 0:
+        raise ValueError(f"mixing rates must be non-negative with a positive sum, got {rates}")
+    exact = rates / rates.sum() * period
+    counts = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - counts), kind="stable")[:period - counts.sum()]:
+        counts[i] += 1
+    credit = np.zeros(len(rates), np.int64)
+    schedule = np.empty(period, np.int32)
+    for step in range(period):
+        credit += counts
+        pick = int(np.argmax(credit))
+        credit[pick] -= period
+        schedule[step] = pick
+    return schedule
+
+
+def proportional_interleave(datasets, rates, seed=None):
+    """A seqio Mixture ``sample_fn``: interleave the task datasets along mixing_schedule instead
+    of sampling them at random. Rates hold exactly at every scale (the paper: rates chosen so that
+    each task appears in every batch — random sampling would miss a 1 % task in a quarter of
+    128-example batches) and the choice sequence is a checkpointable dataset. ``seed`` rotates
+    the schedule's starting point. Dynamic (dataset-valued) rates fall back to random sampling."""
+    if isinstance(rates, tf.data.Dataset):
+        return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed,
+                                                    stop_on_empty_dataset=True)
+    schedule = mixing_schedule(rates)
+    if seed is not None:
+        schedule = np.roll(schedule, -(int(seed) % len(schedule)))
+    choice = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).repeat()
+    return tf.data.Dataset.choose_from_datasets(datasets, choice, stop_on_empty_dataset=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Registration
+
+def register(cfg: TaskConfig, vocabulary: seqio.Vocabulary,
+             shuffle_buffer_size: int = SHUFFLE_BUFFER) -> seqio.Task:
+    """Registers one task (replacing a previous registration of the same name)."""
+    template = cfg.template
+
+    def prompt_preprocessor(ds, sequence_length=None, output_features=None):
+        # Builds the prompt tokens; the exemplar table is read when the dataset is built.
+        _, texts = _exemplar_pool(cfg)
+        prep = preprocessors.make_prompt_preprocessor(
+            instruction=template.instruction + "\n" if template.instruction else "",
+            exemplar_texts=texts, query_roles=template.query_roles,
+            num_shots=template.num_shots, num_image_tokens=cfg.num_image_tokens)
+        return prep(ds, sequence_length=sequence_length, output_features=output_features)
+
+    seqio.TaskRegistry.remove(cfg.name)
+    return seqio.TaskRegistry.add(
+        cfg.name,
+        source=seqio.FunctionDataSource(
+            functools.partial(_dataset_fn, cfg=cfg), splits=split_names(cfg.task)),
+        preprocessors=[prompt_preprocessor, seqio.preprocessors.append_eos_after_trim],
+        output_features=feats.output_features(vocabulary),
+        postprocess_fn=postprocess_fn(cfg.task),
+        metric_fns=metric_fns(cfg.task),
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
+
+
+def register_all(*, prefix: str = PREFIX, vocabulary: seqio.Vocabulary | None = None,
+                 num_image_tokens: int = feats.NUM_IMAGE_TOKENS,
+                 image_size: int = feats.IMAGE_SIZE, exemplar_pool_size: int = DEFAULT_POOL_SIZE,
+                 data_dir: str | None = None, prepared_dir: str | None = None,
+                 demo_tasks: tuple[str, ...] | None = None,
+                 shuffle_buffer_size: int = SHUFFLE_BUFFER) -> list[str]:
+    """Registers the 14 tasks ``<prefix>_<task>`` and the mixtures ``<prefix>``,
+    ``<prefix>_eval``, ``<prefix>_demo``; returns the task names.
+
+    ``import tasks`` calls this once with the defaults (paper settings: 256 image tokens at
+    224×224, vocabulary from $MEDPALM_SPM_MODEL). Tests register a second set under another
+    prefix with a small image and token count.
+    """
+    vocabulary = vocabulary or vocab_lib.get_vocabulary()
+    names = []
+    for task in TASKS:
+        cfg = TaskConfig(task=task, name=f"{prefix}_{task}", num_image_tokens=num_image_tokens,
+                         image_size=image_size, exemplar_pool_size=exemplar_pool_size,
+                         data_dir=data_dir, prepared_dir=prepared_dir)
+        register(cfg, vocabulary, shuffle_buffer_size)
+        names.append(cfg.name)
+    for name in (prefix, f"{prefix}_eval", f"{prefix}_demo"):
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(prefix, [(f"{prefix}_{t}", r) for t, r in MIXTURE_RATES.items()],
+                              sample_fn=proportional_interleave)
+    seqio.MixtureRegistry.add(f"{prefix}_eval", names, default_rate=1.0)
+    demo = demo_tasks or tuple(t for t in TASKS if t not in EVAL_ONLY)
+    seqio.MixtureRegistry.add(f"{prefix}_demo", [f"{prefix}_{t}" for t in demo], default_rate=1.0)
+    return names
