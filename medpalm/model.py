@@ -26,6 +26,7 @@ import seqio
 from flax.linen import partitioning as flax_partitioning
 
 from medpalm import decoding
+from medpalm.models import multimodal
 from medpalm.models.medpalm_m import MedPalmM
 
 IMAGE_FEATURES = {
@@ -179,6 +180,15 @@ class MedPalmMModel:
   @property
   def config(self):
     return self.module.config
+
+  def validate_batch(self, batch: Mapping[str, Any]) -> None:
+    """Host-side check of a concrete batch before it enters a compiled step, where only shapes
+    can be checked: dtypes, image shapes and 256 placeholders per valid image in every row."""
+    multimodal.validate_inputs(self.config, np.asarray(batch["decoder_input_tokens"]),
+                               None if batch.get("images") is None else np.asarray(
+                                   batch["images"]),
+                               None if batch.get("image_mask") is None else np.asarray(
+                                   batch["image_mask"]))
 
   def _inputs(self, batch: Mapping[str, jax.Array]) -> dict:
     """The module's keyword inputs from a feature-converted batch."""

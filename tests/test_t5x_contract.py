@@ -174,3 +174,11 @@ def test_feature_converter_keeps_images_and_refuses_packing():
   np.testing.assert_array_equal(out["decoder_loss_weights"], [0, 0, 0, 1, 1, 1, 0, 0, 0, 0])
   assert out["images"].shape == (1, 28, 28, 3) and out["images"].dtype == np.uint8
   assert seqio.DecoderFeatureConverter in MedPalmMModel.FEATURE_CONVERTER_CLS.__mro__
+
+
+def test_validate_batch_checks_host_batches(setup):
+  config, model, params, batch = setup
+  model.validate_batch({k: np.asarray(v) for k, v in batch.items()})
+  broken = dict(batch, image_mask=np.array([[True], [False]]))
+  with pytest.raises(ValueError, match="row 1: 4 image placeholder tokens"):
+    model.validate_batch(broken)

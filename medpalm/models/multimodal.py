@@ -61,8 +61,8 @@ def validate_inputs(config: MedPalmMConfig, tokens, images=None, image_mask=None
   """Raises ValueError naming what is wrong before any XLA error.
 
   Shapes and dtypes are always checked; the placeholder count (256 × valid images per row) is
-  checked whenever the values are concrete (outside `jit`; the model wrapper checks batches on
-  the host before calling a compiled step).
+  checked whenever the values are concrete (outside `jit`; `MedPalmMModel.validate_batch` checks
+  host batches before they enter a compiled step).
   """
   if tokens.ndim != 2:
     raise ValueError(f"decoder_input_tokens must be int[B, T], got shape {tokens.shape}")
