@@ -44,6 +44,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  attention: str = "jax"  # "jax" (jax.nn.dot_product_attention) or "reference" (plain einsums)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -53,6 +54,8 @@ class TransformerConfig:
       raise ValueError(f"mlp_activation {self.mlp_activation!r} not in {ACTIVATIONS}")
     if self.norm not in ("layernorm", "rmsnorm"):
       raise ValueError(f"norm {self.norm!r} must be 'layernorm' or 'rmsnorm'")
+    if self.attention not in ("jax", "reference"):
+      raise ValueError(f"attention {self.attention!r} must be 'jax' or 'reference'")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
 
@@ -168,11 +171,28 @@ CONFIGS: dict[str, Callable[[], MedPalmMConfig]] = {
 }
 
 
-def get_config(name: str, **runtime) -> MedPalmMConfig:
-  """Returns the named config, with runtime switches (see `MedPalmMConfig.replace`) applied."""
+def get_config(name: str, *, image_size: int | None = None, vocab=None,
+               vocab_multiple: int = 128, **runtime) -> MedPalmMConfig:
+  """Returns the named config, with runtime switches (see `MedPalmMConfig.replace`) applied.
+
+  image_size: overrides the vision tower's input size (e.g. 28 for fast tests: 4 image tokens).
+  vocab: a vocabulary whose ids the model must cover (gin: the run's vocabulary). The decoder's
+    vocab_size becomes `vocab.vocab_size` rounded up to `vocab_multiple` (so the vocab dimension
+    splits over a `model` mesh axis; the extra rows are never targets), and `image_token_id`
+    becomes `vocab.image_placeholder_id` when the vocabulary has one.
+  """
   if name not in CONFIGS:
     raise ValueError(f"unknown config {name!r}; known configs: {', '.join(CONFIGS)}")
   config = CONFIGS[name]()
+  if image_size is not None:
+    config = dataclasses.replace(config, vision=dataclasses.replace(config.vision,
+                                                                    image_size=image_size))
+  if vocab is not None:
+    size = -(-int(vocab.vocab_size) // vocab_multiple) * vocab_multiple
+    image_id = getattr(vocab, "image_placeholder_id", None)
+    config = dataclasses.replace(
+        config, decoder=dataclasses.replace(config.decoder, vocab_size=size),
+        image_token_id=config.image_token_id if image_id is None else int(image_id))
   return config.replace(**runtime) if runtime else config
 
 

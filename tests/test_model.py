@@ -196,3 +196,21 @@ def test_a_few_training_steps_fit_a_fixed_batch(model):
   assert losses[-1] < 0.5 * losses[0]
   for part in ("vision", "projector", "decoder"):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[part])) > 0, part
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_fused_attention_path_matches_the_reference_path(kv_heads):
+  """`jax.nn.dot_product_attention` against our einsum definition: grouped K/V heads, a causal +
+  prefix + padding mask with fully masked (padding) rows, float32 and bfloat16."""
+  from medpalm.models import layers
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((2, 6, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((2, 6, kv_heads, 8)), jnp.float32) for _ in range(2))
+  mask = multimodal.attention_mask(6, jnp.array([[1, 1, 0, 0, 0, 0]] * 2),
+                                   jnp.array([[3, 4, 5, 6, 0, 0], [3, 4, 5, 6, 7, 8]]))
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+    fused = layers.dot_product_attention(q, k, v, mask, dtype, "jax")
+    reference = layers.dot_product_attention(q, k, v, mask, dtype, "reference")
+    assert np.all(np.isfinite(np.asarray(fused, np.float32)))
+    np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(reference, np.float32),
+                               atol=tol, rtol=tol)

@@ -117,7 +117,7 @@ class Attention(nn.Module):
     if self.mode != "full":
       k, v, cache_mask = self._cache(k, v, positions)
       mask = mask if cache_mask is None else cache_mask
-    out = dot_product_attention(q, k, v, mask, _dtype(c.dtype))
+    out = dot_product_attention(q, k, v, mask, _dtype(c.dtype), c.attention)
     out = constrain(out, ("batch", "length", a.heads, a.kv))
     out = dense((c.num_heads, c.head_dim), (c.d_model,), (a.heads, a.kv, a.embed),
                 name="out")(out)
