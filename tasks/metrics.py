@@ -432,6 +432,20 @@ def option_scores(targets, scores) -> tuple[list, np.ndarray]:
   return [first[e] for e in sorted(rows)], matrix
 
 
+def _without_option_scores(targets, scores) -> Optional[Metrics]:
+  """``not computed`` macro-AUC / macro-F1 when ``scores`` hold one float per example and the
+  targets carry no rank-classification layout, i.e. the score of the gold answer alone (what a
+  plain ``score_batch`` pass gives): no class probabilities can come from that. None otherwise.
+  """
+  scores_list = list(scores)
+  if (not scores_list or np.ndim(scores_list[0]) != 0
+      or field_of(targets[0], "option_index") is not None):
+    return None
+  why = ("not computed: needs one log-likelihood per class option (rank classification, "
+         "medpalm.evaluation), got one score per example")
+  return {**not_computed("macro_auc", why), **not_computed("macro_f1", why)}
+
+
 def macro_auc(labels, probabilities, class_names: Sequence[str]) -> Metrics:
   """One-vs-rest ROC AUC per class (scikit-learn) and their mean over the classes where it is
   defined, in %.
@@ -510,6 +524,9 @@ def classification_text_metrics(targets, predictions, *, classes: Sequence[str])
 def classification_score_metrics(targets, scores, *, classes: Sequence[str]) -> Metrics:
   """Classification from rank-scoring every option: macro-AUC of the softmax probabilities and
   macro-F1 of the argmax class (``macro_f1``), with per-class figures."""
+  _check_lengths(targets, list(scores))
+  if (missing := _without_option_scores(targets, scores)) is not None:
+    return missing
   targets, matrix = option_scores(targets, scores)
   if not targets:
     return _no_examples("macro_auc", "macro_f1")
@@ -579,6 +596,9 @@ def cxr_text_metrics(targets, predictions) -> Metrics:
 def cxr_score_metrics(targets, scores) -> Metrics:
   """MIMIC-CXR condition classification from rank scores of (No, Yes): per-condition AUC of
   P(Yes) and F1 of the argmax answer; ``macro_auc`` / ``macro_f1`` average the major ones."""
+  _check_lengths(targets, list(scores))
+  if (missing := _without_option_scores(targets, scores)) is not None:
+    return missing
   targets, matrix = option_scores(targets, scores)
   if not targets:
     return _no_examples("macro_auc", "macro_f1")

@@ -22,6 +22,13 @@ task has produced an element (measured; a shuffled sub-iterator saved before its
 re-draws its shuffle seed on restore — still valid data, not the same order). With the schedule
 every task has appeared after 667 examples.
 
+Metrics: ``metric_fns`` are tasks.metrics.TASK_METRICS. Every split but ``train`` also carries
+the reader's ``answer_options`` / ``answer_type`` / ``condition`` / ``variant_type`` per example
+(postprocessors.TARGET_FIELDS; the feature converter leaves them out of the model batch), and the
+target postprocessor (postprocessors.TargetFields) hands them to the metrics with the answer. The
+macro-AUC of the RANK_CLASSIFIED tasks needs a log-likelihood per class option: medpalm.evaluation
+rank-classifies those tasks in its SeqIO ``score_fn``.
+
 Data: ``$MEDPALM_DATA_DIR/<dataset>/`` for the text datasets, and the prepared shards for the
 image datasets (``python -m tasks.prepare``); per-dataset directories can be bound in gin with
 ``multimedbench_data.dataset_dirs = {"mimic_cxr": "/data/mimic-cxr"}``. A missing dataset raises
@@ -44,7 +51,7 @@ import tensorflow as tf
 
 from tasks import features as feats
 from tasks import images as image_lib
-from tasks import postprocessors, preprocessors, prompts, readers
+from tasks import metrics, postprocessors, preprocessors, prompts, readers
 from tasks import vocab as vocab_lib
 
 PREFIX = "multimedbench"
@@ -100,30 +107,55 @@ def split_names(task: str) -> tuple[str, ...]:
     return tuple(readers.get_module(readers.TASK_READERS[task][0]).SPLITS)
 
 
-def accuracy(targets, predictions) -> dict[str, float]:
-    """Exact match of postprocessed prediction and target, in percent (multiple-choice tasks)."""
-    if len(targets) != len(predictions):
-        raise ValueError(f"{len(targets)} targets vs {len(predictions)} predictions")
-    if not targets:
-        return {"accuracy": float("nan")}
-    return {"accuracy": 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+# Classification tasks whose metrics include macro-AUC: their score-based metrics
+# (tasks.metrics.classification_score_metrics / cxr_score_metrics) need one log-likelihood per
+# class option, in tasks.metrics.TASK_CLASSES order (see `rank_options`).
+RANK_CLASSIFIED = ("mimic_cxr_classification", "pad_ufes_20", "vindr_mammo", "cbis_ddsm_mass",
+                   "cbis_ddsm_calc")
+
+
+def canonical_name(task: str) -> str:
+    """``multimedbench_<task>``: the name tasks.metrics and medpalm.paper_results key by."""
+    return f"{PREFIX}_{task}"
 
 
 def metric_fns(task: str) -> list:
-    """The metric hook of a task. Multiple-choice tasks: exact-match accuracy on the canonical
-    option text. Generative tasks (report summarization/generation, VQA): an empty list on
-    purpose — BLEU / ROUGE-L / F1-RadGraph / CheXbert / token F1 come with the metrics work
-    (tasks/metrics.py), which replaces this hook."""
-    return [accuracy] if task in MULTIPLE_CHOICE else []
+    """The paper's metrics of a task (tasks.metrics.TASK_METRICS). Generation metrics take the
+    postprocessed decode; score-based ones (macro-AUC of the RANK_CLASSIFIED tasks) take
+    per-option log-likelihoods, float[C] per example, which medpalm.evaluation's score function
+    produces by rank classification."""
+    return list(metrics.TASK_METRICS[canonical_name(task)])
 
 
 def postprocess_fn(task: str):
-    """Strip the trailing period and normalise (tasks.postprocessors); VQA also lower-cases."""
+    """Predictions: strip the trailing period and normalise (tasks.postprocessors); VQA also
+    lower-cases; fixed class sets map to the canonical option text. Targets: the same string as
+    ``answer`` of the mapping tasks.metrics reads (postprocessors.TargetFields)."""
     if task in VQA:
-        return postprocessors.normalize_lower
-    if task in _TASK_OPTIONS:  # fixed class set: canonical option text
-        return postprocessors.OptionPostprocessor(_TASK_OPTIONS[task])
-    return postprocessors.normalize  # MedQA / MedMCQA options differ per question; free text
+        base = postprocessors.normalize_lower
+    elif task in _TASK_OPTIONS:  # fixed class set: canonical option text
+        base = postprocessors.OptionPostprocessor(_TASK_OPTIONS[task])
+    else:
+        base = postprocessors.normalize  # MedQA / MedMCQA options differ per question; free text
+    return postprocessors.TargetFields(base)
+
+
+_REGISTERED: dict[str, "TaskConfig"] = {}
+
+
+def task_config(name: str) -> "TaskConfig":
+    """The TaskConfig a task name was registered with (any prefix)."""
+    if name not in _REGISTERED:
+        raise KeyError(f"{name!r} was not registered by tasks.multimedbench")
+    return _REGISTERED[name]
+
+
+def rank_options(name: str) -> tuple[str, ...] | None:
+    """The class options a registered task's score-based metrics expect scores for, in order
+    (e.g. ("No", "Yes") for MIMIC-CXR conditions), or None when the task is not rank-classified.
+    """
+    task = task_config(name).task
+    return metrics.TASK_CLASSES[canonical_name(task)] if task in RANK_CLASSIFIED else None
 
 
 _TASK_OPTIONS = {
@@ -248,8 +280,58 @@ def _table(cfg: TaskConfig, split: str) -> _Table:
         "exemplars": np.asarray(exemplars, dtype=np.int32).reshape(len(records), k),
         "targets": np.asarray(targets, dtype=object),
     }
+    if split != "train":
+        columns.update(_target_field_columns(records))
     keys = [r.get("image_key", "") for r in records] if cfg.task in IMAGE_TASKS else []
     return _Table(columns, keys, shard_dir, manifest)
+
+
+def _target_field_columns(records: list[dict]) -> dict[str, np.ndarray]:
+    """The per-example features of postprocessors.TARGET_FIELDS, from the reader's records.
+
+    answer_options: object[E, C] (C = the widest option list, at least 1; padded with "").
+    answer_type / condition / variant_type: object[E] ("" where the record has none; variant
+    types lower-cased, "snp" / "indel", as tasks.metrics counts them).
+    Only evaluation splits carry them: training never reads them, and its prompt preprocessing
+    stays a plain parallel map (see `_carry_target_fields`).
+    """
+    options = [[str(o) for o in (r.get("options") or [])] for r in records]
+    width = max([1] + [len(o) for o in options])
+    text = lambda r, key: str(r.get(key) or "")
+    return {
+        "answer_options": np.asarray([o + [""] * (width - len(o)) for o in options],
+                                     dtype=object).reshape(len(records), width),
+        "answer_type": np.asarray([text(r, "answer_type") for r in records], dtype=object),
+        "condition": np.asarray([text(r, "condition") for r in records], dtype=object),
+        "variant_type": np.asarray([text(r, "variant_type").lower() for r in records],
+                                   dtype=object),
+    }
+
+
+def _carry_target_fields(prep):
+    """Wraps a prompt preprocessor (which builds its output afresh) so that the
+    postprocessors.TARGET_FIELDS features of the source reach the task's examples.
+
+    Each example runs through ``prep`` as a one-element dataset and gets its fields back; the
+    ``interleave`` keeps the source order (one element per input, block length 1) and runs in
+    parallel. Sources without the fields (the train split) take ``prep`` as is.
+    """
+    def preprocessor(ds, sequence_length=None, output_features=None):
+        run = functools.partial(prep, sequence_length=sequence_length,
+                                output_features=output_features)
+        carried = [k for k in postprocessors.TARGET_FIELDS if k in ds.element_spec]
+        if not carried:
+            return run(ds)
+
+        def one(ex):
+            fields = {k: ex[k] for k in carried}
+            core = tf.data.Dataset.from_tensors({k: v for k, v in ex.items() if k not in carried})
+            return run(core).map(lambda out: {**out, **fields})
+
+        return ds.interleave(one, cycle_length=8, block_length=1,
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return preprocessor
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,9 +525,11 @@ def register(cfg: TaskConfig, vocabulary: seqio.Vocabulary,
             instruction=template.instruction + "\n" if template.instruction else "",
             exemplar_texts=texts, query_roles=template.query_roles,
             num_shots=template.num_shots, num_image_tokens=cfg.num_image_tokens)
-        return prep(ds, sequence_length=sequence_length, output_features=output_features)
+        return _carry_target_fields(prep)(ds, sequence_length=sequence_length,
+                                          output_features=output_features)
 
     seqio.TaskRegistry.remove(cfg.name)
+    _REGISTERED[cfg.name] = cfg
     return seqio.TaskRegistry.add(
         cfg.name,
         source=seqio.FunctionDataSource(

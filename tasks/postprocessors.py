@@ -58,3 +58,49 @@ class OptionPostprocessor:
 
     def __repr__(self) -> str:
         return f"OptionPostprocessor({self.options})"
+
+
+# Per-example features the evaluation splits carry for the metrics (tasks.multimedbench adds them
+# to every split but ``train``; the feature converter leaves them out of the model batch).
+# ``answer_options`` is string[C] padded with "" (C is the task's widest option list; tasks
+# without options carry one "").
+TARGET_FIELDS = {"answer_options": "options", "answer_type": "answer_type",
+                 "condition": "condition", "variant_type": "variant_type"}
+
+
+class TargetFields:
+    """A task's postprocessor that hands the metrics a structured target.
+
+    Predictions (``is_target=False``) go through ``postprocess`` unchanged (a string). Targets
+    (``is_target=True``) become the mapping ``tasks.metrics`` reads: ``{"answer":
+    postprocess(text)}`` plus, from the example, ``options`` (list[str], padding dropped),
+    ``answer_type``, ``condition``, ``variant_type`` (str) where the example has a non-empty
+    value, and ``id``. Without an example (or on the train split, which carries no such
+    features) the target is just ``{"answer": ...}``, which every metric accepts.
+    """
+
+    def __init__(self, postprocess):
+        self.postprocess = postprocess
+        self.__name__ = "target_fields"
+
+    def __call__(self, text, example=None, is_target: bool = False):
+        answer = self.postprocess(text, example, is_target)
+        if not is_target:
+            return answer
+        target = {"answer": answer}
+        for feature, key in TARGET_FIELDS.items():
+            if example is None or feature not in example:
+                continue
+            value = example[feature]
+            if key == "options":
+                options = [_as_str(o) for o in list(value)]
+                if any(options):
+                    target[key] = [o for o in options if o]
+            elif _as_str(value):
+                target[key] = _as_str(value)
+        if example is not None and "id" in example:
+            target["id"] = _as_str(example["id"])
+        return target
+
+    def __repr__(self) -> str:
+        return f"TargetFields({self.postprocess!r})"

@@ -1,0 +1,190 @@
+"""Evaluation end to end: the tiny model on every MultiMedBench task's test split (demo_data
+fixtures) through seqio.Evaluator, the per-task JSON, and the report beside the paper's table."""
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import seqio
+
+from medpalm import configs, evaluation, paper_results, report
+from medpalm.model import MedPalmMModel
+from medpalm.models import medpalm_m
+from medpalm.models.medpalm_m import MedPalmM
+from tasks import features, metrics, multimedbench, postprocessors, prepare
+from tests import tasks_env as env_lib
+
+PREFIX = "mmbeval"
+IMAGE_SIZE = 28  # the tiny ViT's 14-pixel patches: 2 × 2 = 4 image tokens
+LENGTHS = {"inputs": 128, "targets": 32, "images": 1, "image_mask": 1}
+STEP = 7
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """The test data at 28 px, the 14 tasks under ``mmbeval``, and a randomly initialised tiny
+  model sized to the test vocabulary."""
+  env = env_lib.tasks_env(tmp_path_factory)
+  prepare.prepare(data_dir=str(env.root), prepared_dir=str(env.prepared), image_size=IMAGE_SIZE,
+                  progress_bar=False)
+  multimedbench.register_all(prefix=PREFIX, vocabulary=env.vocabulary, num_image_tokens=4,
+                             image_size=IMAGE_SIZE, data_dir=str(env.root),
+                             prepared_dir=str(env.prepared), shuffle_buffer_size=64)
+  config = configs.get_config("tiny", image_size=IMAGE_SIZE, vocab=env.vocabulary)
+  assert config.num_image_tokens == 4
+  model = MedPalmMModel(MedPalmM(config), env.vocabulary)
+  params = nn.meta.unbox(medpalm_m.init(config, jax.random.key(0)))["params"]
+  return env, model, params, jax.jit(model.score_batch)  # one jit: shapes compile once
+
+
+def _num_test_examples(name):
+  """Examples in a registered task's test split (its cached example table)."""
+  return len(multimedbench._table(multimedbench.task_config(name), "test").columns["id"])
+
+
+def _test_examples(name):
+  ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="test", shuffle=False)
+  return list(ds.as_numpy_iterator())
+
+
+# ----------------------------------------------------------------------------- task hooks
+
+def test_metric_fns_are_the_papers_metrics():
+  for task in multimedbench.TASKS:
+    assert multimedbench.metric_fns(task) == metrics.TASK_METRICS[f"multimedbench_{task}"]
+  ranked = {t for t in multimedbench.TASKS if multimedbench.rank_options(f"multimedbench_{t}")}
+  assert ranked == set(multimedbench.RANK_CLASSIFIED)
+  # Exactly the rank-classified tasks have score-based metrics (SeqIO routes by argument name).
+  for task in multimedbench.TASKS:
+    objs = seqio.get_mixture_or_task(f"multimedbench_{task}").metric_objs
+    has_score = any(o.model_output_type == seqio.metrics.ModelOutputType.SCORE for o in objs)
+    assert has_score == (task in multimedbench.RANK_CLASSIFIED), task
+
+
+def test_target_fields_postprocessor():
+  post = postprocessors.TargetFields(postprocessors.OptionPostprocessor(["No", "Yes"]))
+  example = {"answer_options": np.array([b"No", b"Yes", b""], object), "answer_type": b"",
+             "condition": b"pleural effusion", "variant_type": b"", "id": b"x/1"}
+  assert post(b" yes.", example=example, is_target=False) == "Yes"
+  assert post(b"Yes.", example=example, is_target=True) == {
+      "answer": "Yes", "options": ["No", "Yes"], "condition": "pleural effusion", "id": "x/1"}
+  assert post("Yes.", is_target=True) == {"answer": "Yes"}  # train split: no fields
+  vqa = postprocessors.TargetFields(postprocessors.normalize_lower)
+  assert vqa("Right Lung.", example={"answer_options": np.array([b""], object),
+                                     "answer_type": b"CLOSED"}, is_target=True) == {
+      "answer": "right lung", "answer_type": "CLOSED"}
+
+
+def test_eval_splits_carry_target_fields_train_does_not(setup):
+  env = setup[0]
+  cxr = _test_examples(env.name("mimic_cxr_classification"))
+  post = seqio.get_mixture_or_task(env.name("mimic_cxr_classification")).postprocess_fn
+  conditions = set()
+  for ex in cxr:
+    target = post(ex["targets_pretokenized"], example=ex, is_target=True)
+    assert target["options"] == ["No", "Yes"] and target["answer"] in ("No", "Yes")
+    assert target["id"].endswith("/" + target["condition"])
+    conditions.add(target["condition"])
+  assert conditions == set(metrics.CXR_MAJOR_CONDITIONS)
+  genomics = _test_examples(env.name("precisionfda"))
+  assert {ex["variant_type"].decode() for ex in genomics} <= {"snp", "indel"}
+  vqa = _test_examples(env.name("vqa_rad"))
+  assert {ex["answer_type"].decode() for ex in vqa} <= {"OPEN", "CLOSED"}
+  medqa = _test_examples(env.name("medqa"))  # carrying the fields keeps the source order
+  assert [ex["id"].decode() for ex in medqa] == list(multimedbench._table(
+      multimedbench.task_config(env.name("medqa")), "test").columns["id"])
+  assert all(len(ex["answer_options"]) == 4 for ex in medqa)
+  ds = seqio.get_mixture_or_task(env.name("medqa")).get_dataset(LENGTHS, split="train",
+                                                                shuffle=False)
+  assert not set(postprocessors.TARGET_FIELDS) & set(ds.element_spec)
+  # The fields stay out of the model batch (the feature converter drops them).
+  batch = next(seqio.get_dataset(env.name("medqa"), LENGTHS, dataset_split="test", shuffle=False,
+                                 feature_converter=features.feature_converter(),
+                                 batch_size=2).as_numpy_iterator())
+  assert set(batch) == set(features.MODEL_FEATURES)
+
+
+def test_plain_score_batch_scores_are_reported_not_computed():
+  """A driver that scores only the gold target (one float per example) gets a reason, not a
+  crash: class probabilities need every option scored."""
+  targets = [{"answer": "Yes", "condition": "edema"}, {"answer": "No", "condition": "edema"}]
+  for fn in (metrics.cxr_score_metrics,
+             lambda t, s: metrics.classification_score_metrics(t, s, classes=("No", "Yes"))):
+    out = fn(targets, np.array([-1.0, -2.0]))
+    assert math.isnan(out["macro_auc"]) and math.isnan(out["macro_f1"])
+    assert "rank classification" in metrics.status_text(out["macro_auc_status"])
+
+
+# ----------------------------------------------------------------------------- rank classification
+
+@pytest.mark.parametrize("task", ["mimic_cxr_classification", "pad_ufes_20"])
+def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
+  """The option scored for the gold class is token for token the task's target: its rank
+  log-likelihood equals score_batch of the example itself (prompt, offsets, EOS all agree)."""
+  env, model, params, score = setup
+  name = f"{PREFIX}_{task}"
+  classes = multimedbench.rank_options(name)
+  examples = _test_examples(name)
+  ds = seqio.get_dataset(name, LENGTHS, dataset_split="test", shuffle=False,
+                         feature_converter=model.FEATURE_CONVERTER_CLS(pack=False)).enumerate()
+  tokens = evaluation.option_tokens(env.vocabulary, classes)
+  ranked = evaluation.make_score_fn(model, params, 8, lambda _: tokens, score_batch=score)(ds)
+  plain = evaluation.make_score_fn(model, params, 8, lambda _: None, score_batch=score)(ds)
+  assert [i for i, _ in ranked] == [i for i, _ in plain] == list(range(len(examples)))
+  for (_, options), (_, own), ex in zip(ranked, plain, examples):
+    assert len(options) == len(classes) and all(np.isfinite(options))
+    gold = classes.index(postprocessors.normalize(ex["targets_pretokenized"]))
+    np.testing.assert_allclose(options[gold], own, rtol=1e-5, atol=1e-4)
+    assert len(set(np.round(options, 4))) > 1  # options really differ
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
+  _, model, params, score = setup
+  results_dir = str(tmp_path / "results")
+  results = evaluation.evaluate(model, params, f"{PREFIX}_eval", split="test",
+                                sequence_length=LENGTHS, batch_size=8, output_dir=results_dir,
+                                step=STEP, score_batch=score)
+  assert set(results) == set(paper_results.TASKS)
+  for task, values in results.items():
+    suffix = task.removeprefix("multimedbench_")
+    path = report.results_path(results_dir, task, STEP)
+    with open(path, encoding="utf-8") as f:
+      written = json.load(f)[task]
+    n = _num_test_examples(f"{PREFIX}_{suffix}")
+    assert n > 0
+    if "num_examples" in written:
+      assert written["num_examples"] == n, task
+    for row in paper_results.results_for(task):  # every paper metric has a value or a reason
+      assert row.metric in written, (task, row.metric)
+      if written[row.metric] is None:
+        assert isinstance(written.get(f"{row.metric}_status"), str), (task, row.metric)
+    if suffix in multimedbench.RANK_CLASSIFIED:  # the score path ran: per-class AUC keys
+      assert any(k.startswith("auc/") for k in written), task
+      assert "macro_f1" in written and "macro_f1_generated" in written
+  # Figures the demo data makes computable (several classes / conditions in the test split).
+  for task, metric in (("pad_ufes_20", "macro_auc"), ("mimic_cxr_classification", "macro_auc"),
+                       ("vqa_rad", "accuracy_closed"), ("mimic_cxr_report", "cider_d"),
+                       ("medqa", "accuracy"), ("precisionfda", "accuracy")):
+    value = results[f"multimedbench_{task}"][metric]
+    assert isinstance(value, float) and not math.isnan(value), (task, metric)
+  assert 0.0 <= results["multimedbench_pad_ufes_20"]["macro_auc"] <= 100.0
+  assert math.isnan(results["multimedbench_mimic_iii"]["f1_radgraph"])  # no scorer installed
+
+  output = tmp_path / "docs" / "RESULTS.md"
+  chart = tmp_path / "docs" / "RESULTS.png"
+  assert report.main(["--results_dir", results_dir, "--output", str(output),
+                      "--chart", str(chart)]) == 0
+  markdown = output.read_text(encoding="utf-8")
+  loaded = report.load_results(results_dir)
+  assert set(loaded) == set(paper_results.TASKS)
+  for task, (_, dataset) in paper_results.TASKS.items():
+    assert dataset in markdown and loaded[task].step == STEP
+    for row in paper_results.results_for(task):
+      assert report.our_value(loaded, task, row.metric)[1] != report.MISSING, (task, row.metric)
+  assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+  assert os.path.getsize(chart) > 1000
