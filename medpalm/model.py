@@ -288,7 +288,7 @@ class MedPalmMModel:
         raise ValueError(f"a prompt of {longest} positions leaves no room to decode within "
                          f"max_decode_length {length}")
     start = self.prefill(params, batch, length, prompt_lengths)
-    step_fn = functools.partial(self._extend, params)
+    step_fn = functools.partial(self.extend, params)
     decodes, scores = self._decode_fn(
         start, step_fn, max_decode_length=length, eos_id=self._vocabulary.eos_id, rng=rng,
         num_decodes=num_decodes, **decoder_params)
@@ -311,7 +311,8 @@ class MedPalmMModel:
                               limits=length - prompt_lengths,
                               cache_batch_axis=1 if self.config.decoder.scan_layers else 0)
 
-  def _extend(self, params, tokens, positions, cache):
+  def extend(self, params, tokens, positions, cache):
+    """One decoding step: int32[B, 1] tokens at int32[B, 1] positions -> (float32[B, V], cache)."""
     logits, state = self.module.apply({"params": params, "cache": cache}, tokens,
                                       decoder_positions=positions, decode=True,
                                       mutable=["cache"])

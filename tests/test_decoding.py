@@ -41,7 +41,7 @@ def test_cached_steps_equal_full_recomputation(setup, prefix_bidirectional):
                                  atol=1e-5, rtol=0)
       token = np.asarray(jnp.argmax(logits, -1), np.int32)
       tokens[rows, positions] = token
-      logits, cache = model._extend(params, jnp.asarray(token)[:, None],
+      logits, cache = model.extend(params, jnp.asarray(token)[:, None],
                                     jnp.asarray(positions)[:, None], cache)
   finally:
     model.prefix_bidirectional = False

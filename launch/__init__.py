@@ -1,0 +1,1 @@
+"""Launch scripts: TPU VM / Slurm launchers and AOT compilation for TPU slices."""
