@@ -93,8 +93,9 @@ class OptaxOptimizerDef:
 
   `init_state(params)`, `apply_gradient(hyper_params, params, state, grads)` and
   `derive_logical_axes(state, param_axes)`. Logical axes follow the parameters: a state leaf
-  with its parameter's shape (momentum, unfactored second moments) gets the parameter's axes;
-  anything else (Adafactor's factored row/column statistics, counters) is replicated.
+  with its parameter's shape (momentum, unfactored second moments) gets the parameter's axes, a
+  factored row/column statistic (the parameter with one dim reduced) keeps the axes of the dims
+  it kept, and anything else (counters, placeholders) is replicated.
   """
 
   def __init__(self, optax_optimizer: optax.GradientTransformation):
@@ -119,10 +120,21 @@ class OptaxOptimizerDef:
       raise ValueError("derive_logical_axes needs the params (or a prior init_state)")
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
     replicated = lambda x: jax.sharding.PartitionSpec(*([None] * np.ndim(x)))
+
+    def follow(leaf, axes, param):
+      shape = tuple(np.shape(leaf))
+      if shape == tuple(param.shape):
+        return axes
+      # A factored statistic is the parameter with one dim reduced away: keep the other axes.
+      dropped = [i for i in range(len(param.shape))
+                 if param.shape[:i] + param.shape[i + 1:] == shape]
+      if len(dropped) == 1:
+        return jax.sharding.PartitionSpec(*(a for i, a in enumerate(axes) if i != dropped[0]))
+      return replicated(leaf)
+
     return optax.tree_utils.tree_map_params(
-        self.optax_optimizer,
-        lambda leaf, axes, param: axes if np.shape(leaf) == param.shape else replicated(leaf),
-        state, param_axes, shapes, transform_non_params=replicated, is_leaf=is_spec)
+        self.optax_optimizer, follow, state, param_axes, shapes,
+        transform_non_params=replicated, is_leaf=is_spec)
 
 
 def adafactor(learning_rate: float | optax.Schedule = 5e-5, momentum: float | None = 0.9,

@@ -152,6 +152,14 @@ def test_optimizer_state_axes_follow_parameters(setup):
   momentum = [k for k in flat if "wi_0" in k and np.ndim(states[k]) == 3]
   assert momentum and all(flat[k] == jax.sharding.PartitionSpec("layers", "embed", "mlp")
                           for k in momentum)
+  # Factored second moments (dims >= 128) keep the axes of the dims they keep.
+  P = jax.sharding.PartitionSpec
+  big = {"wi": jnp.zeros((2, 256, 512))}
+  big_axes = opt.derive_logical_axes(opt.init_state(big), {"wi": P("layers", "embed", "mlp")})
+  specs = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(
+      big_axes, is_leaf=lambda x: isinstance(x, P))}
+  assert specs["[0].v_row['wi']"] == P("layers", "embed")
+  assert specs["[0].v_col['wi']"] == P("layers", "mlp")
   new_params, _ = opt.apply_gradient(None, params, state, jax.tree.map(jnp.ones_like, params))
   assert not np.allclose(new_params["projector"]["kernel"], params["projector"]["kernel"])
 
