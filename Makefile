@@ -7,7 +7,7 @@ venv:
 	bash .ci/setup_venv.sh
 
 demo: venv
-	$(PY) -m medpalm.demo
+	PY=$(PY) bash launch/demo.sh
 
 test: venv
 	$(PY) -m pytest -q tests

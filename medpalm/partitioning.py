@@ -13,7 +13,7 @@ silently drops the logical constraints).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -136,3 +136,145 @@ def sharded_init(init_fn, mesh: Mesh, rules: Rules = DEFAULT_RULES):
   with using(mesh, rules):
     shardings = mesh_shardings(jax.eval_shape(init_fn), mesh, rules)
     return jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
+
+
+# --- the driver's partitioner (T5X's PjitPartitioner surface) ---------------------------------
+
+class DataLayout(NamedTuple):
+  """Which part of the global batch this process feeds (T5X's DataLayout).
+
+  `shard_id` / `num_shards` shard the dataset across processes (`seqio.ShardInfo`); processes
+  whose devices hold the same batch rows (a replica set: same `data`/`fsdp` coordinates, e.g. a
+  `model` axis that spans hosts) get the same shard and must read the same examples.
+  """
+  batch_size: int
+  shard_id: int
+  num_shards: int
+  is_first_host_in_replica_set: bool
+
+
+class PartitionedFn:
+  """A jitted function that runs (and lowers) inside the partitioner's mesh and rules.
+
+  Entering the mesh and rules on every call is what makes the models' logical constraints
+  resolve (`with mesh:` alone would silently drop them).
+  """
+
+  def __init__(self, fn, mesh: Mesh, rules: Rules):
+    self._fn, self._mesh, self._rules = fn, mesh, rules
+
+  def __call__(self, *args, **kwargs):
+    with using(self._mesh, self._rules):
+      return self._fn(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with using(self._mesh, self._rules):
+      return self._fn.lower(*args, **kwargs)
+
+
+class Partitioner:
+  """Mesh + logical rules + jit with named shardings: what the trainer and binaries talk to.
+
+  Args:
+    data, fsdp, model: mesh axis sizes; one may be -1 (the rest of the devices). Bound in gin
+      (`partitioning.Partitioner.fsdp = -1`).
+    logical_axis_rules: logical name -> mesh axes (default `DEFAULT_RULES`).
+    devices: default `jax.devices()` (every process's devices in a multi-host run).
+
+  Multi-host: the mesh is built over the global device list in its default order, so each
+  process's devices form contiguous blocks along the leading axes; `get_data_layout` then tells
+  each process which slice of the global batch to read.
+  """
+
+  def __init__(self, data: int = 1, fsdp: int = -1, model: int = 1,
+               logical_axis_rules: Rules = DEFAULT_RULES,
+               devices: Sequence[jax.Device] | None = None):
+    self._sizes = (data, fsdp, model)
+    self._rules = tuple(tuple(r) for r in logical_axis_rules)
+    self._devices = devices
+    self._mesh = None
+
+  @property
+  def mesh(self) -> Mesh:
+    if self._mesh is None:
+      self._mesh = make_mesh(*self._sizes, devices=self._devices)
+    return self._mesh
+
+  @property
+  def logical_axis_rules(self) -> Rules:
+    return self._rules
+
+  @property
+  def data_partition_spec(self) -> PartitionSpec:
+    return PartitionSpec(BATCH)
+
+  @property
+  def batch_shards(self) -> int:
+    """Number of distinct batch slices across the mesh (data × fsdp)."""
+    return int(np.prod([self.mesh.shape[a] for a in BATCH]))
+
+  def get_data_layout(self, batch_size: int | None = None,
+                      process_index: int | None = None) -> DataLayout:
+    """This process's dataset shard for a global batch of `batch_size` examples.
+
+    Raises ValueError when the batch does not split evenly over the `data × fsdp` devices.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    shards = self.batch_shards
+    if batch_size is not None and batch_size % shards:
+      raise ValueError(f"batch size {batch_size} is not divisible by the {shards} batch shards "
+                       f"of mesh {dict(self.mesh.shape)} (data × fsdp)")
+    devices = self.mesh.devices.reshape(shards, -1)  # row = one batch slice
+    rows_of = {}
+    for row, slice_devices in enumerate(devices):
+      for d in slice_devices:
+        rows_of.setdefault(d.process_index, set()).add(row)
+    sets = sorted({tuple(sorted(r)) for r in rows_of.values()})
+    mine = tuple(sorted(rows_of[process_index]))
+    for s in sets:
+      if s != mine and set(s) & set(mine):
+        raise ValueError(f"process {process_index} holds batch slices {mine} overlapping another "
+                         f"process's {s}: use a mesh whose batch axes split along hosts")
+    first = min(p for p, r in rows_of.items() if tuple(sorted(r)) == mine)
+    return DataLayout(batch_size=batch_size, shard_id=sets.index(mine), num_shards=len(sets),
+                      is_first_host_in_replica_set=first == process_index)
+
+  def get_logical_axes(self, train_state, params_axes) -> Any:
+    """PartitionSpecs of logical names mirroring `train_state` (see `TrainState.logical_axes`)."""
+    return train_state.logical_axes(params_axes)
+
+  def get_mesh_axes(self, train_state, params_axes=None) -> Any:
+    """Mesh PartitionSpecs mirroring `train_state` (a logical-spec tree is accepted directly)."""
+    logical = (train_state if params_axes is None
+               else self.get_logical_axes(train_state, params_axes))
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    return jax.tree.map(lambda s: nn.logical_to_mesh_axes(s, self._rules), logical,
+                        is_leaf=is_spec)
+
+  def sharding(self, spec: PartitionSpec | None) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec() if spec is None else spec)
+
+  def shardings(self, mesh_axes: Any) -> Any:
+    """NamedShardings for a tree of mesh PartitionSpecs (None = replicated)."""
+    is_spec = lambda x: x is None or isinstance(x, PartitionSpec)
+    return jax.tree.map(self.sharding, mesh_axes, is_leaf=is_spec)
+
+  def partition(self, fn, in_axis_resources, out_axis_resources, static_argnums=(),
+                donate_argnums=()) -> PartitionedFn:
+    """`jax.jit` with mesh PartitionSpec trees as in/out shardings, run inside mesh + rules."""
+    jitted = jax.jit(fn, in_shardings=self.shardings(in_axis_resources),
+                     out_shardings=self.shardings(out_axis_resources),
+                     static_argnums=static_argnums, donate_argnums=donate_argnums)
+    return PartitionedFn(jitted, self.mesh, self._rules)
+
+  def compile(self, partitioned_fn: PartitionedFn, *args):
+    return partitioned_fn.lower(*args).compile()
+
+  def host_local_to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Global arrays, batch dim split over `data_partition_spec`, from this process's rows."""
+    out = {}
+    for name, value in batch.items():
+      value = np.asarray(value)
+      sharding = data_sharding(self.mesh, value.ndim)
+      out[name] = jax.make_array_from_process_local_data(sharding, value)
+    return out

@@ -1,0 +1,76 @@
+"""Every gin file parses and finalizes; the paper-size experiments build their train state
+abstractly (eval_shape: nothing allocated) on the 8 test devices."""
+import glob
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from medpalm import main, trainer as trainer_lib
+from medpalm.model import MedPalmMModel
+from medpalm.partitioning import Partitioner
+from tests import driver_setup
+
+GIN_DIR = os.path.join(driver_setup.REPO, "gin_configs")
+FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))
+EXPECTED = {f"{d}/{n}.gin" for d, names in {
+    "models": ["medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
+    "runs": ["train", "eval", "infer"],
+    "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
+    "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],
+}.items() for n in names}
+REQUIRED = ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 'toy_images'",
+            "CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/x'",
+            "INFER_OUTPUT_DIR = '/tmp/x'"]
+
+
+def _parse(files, bindings=()):
+  gin.clear_config()
+  main.parse_gin(files, list(bindings))
+
+
+def test_the_layout_is_complete():
+  assert {os.path.relpath(f, GIN_DIR) for f in FILES} == EXPECTED
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: os.path.relpath(p, GIN_DIR))
+def test_gin_file_parses_and_starts_with_its_command(path):
+  header = open(path).read().split("from __gin__")[0].split("include")[0]
+  assert header.startswith("# ") and "python -m medpalm." in header, path
+  files = [path]
+  if "/runs/" in path:  # a run file needs a model
+    files.insert(0, os.path.join(GIN_DIR, "models", "medpalm_m_tiny.gin"))
+  _parse(files, REQUIRED)
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("size, lr, batch", [("12b", 5e-5, 128), ("84b", 5e-5, 128),
+                                             ("562b", 2.5e-5, 256)])
+def test_paper_experiments_build_their_train_state_abstractly(size, lr, batch):
+  _parse([os.path.join(GIN_DIR, "experiments", f"multimedbench_{size}.gin")],
+         [driver_setup.GIN_HEADER + "VOCABULARY = @seqio.PassThroughVocabulary()\n"
+          "seqio.PassThroughVocabulary.size = 256000", "MODEL_DIR = '/tmp/x'"])
+  try:
+    assert gin.query_parameter("%LEARNING_RATE") == lr
+    assert gin.query_parameter("%BATCH_SIZE") == batch
+    assert gin.query_parameter("%DROPOUT_RATE") == 0.1
+    lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+    assert (lengths["inputs"], lengths["targets"]) == (966, 256)
+    model = gin.get_configurable(MedPalmMModel)()
+    partitioner = gin.get_configurable(Partitioner)()
+    assert model.config.name == size and model.config.decoder.dtype == "bfloat16"
+    length = lengths["inputs"] + lengths["targets"]
+    shapes = {"decoder_input_tokens": (batch, length), "decoder_target_tokens": (batch, length),
+              "decoder_causal_attention": (batch, length), "decoder_loss_weights": (batch, length),
+              "images": (batch, 1, 224, 224, 3), "image_mask": (batch, 1)}
+    types = {"images": np.uint8, "image_mask": np.bool_}
+    init = trainer_lib.TrainStateInitializer(model, shapes, types, partitioner)
+    params = init.global_train_state_shape.params
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    assert count > {"12b": 12e9, "84b": 84e9, "562b": 560e9}[size]
+    wi = init.train_state_axes.params["decoder"]["stack"]["layers"]["mlp"]["wi_0"]["kernel"]
+    assert tuple(wi) == (None, "fsdp", "model")
+  finally:
+    gin.clear_config()
