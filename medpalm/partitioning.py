@@ -95,6 +95,17 @@ def unbox(tree: Any) -> Any:
                       is_leaf=is_box)
 
 
+def check_divisible(what: str, shape: Sequence[int], mesh_spec: Sequence[Any], mesh: Mesh) -> None:
+  """Raises ValueError naming `what` when a dimension does not split evenly over its mesh axes
+  (XLA would fail later, far from the cause)."""
+  for dim, axes in zip(shape, mesh_spec):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if dim % size:
+      raise ValueError(f"{what}: dimension {dim} of {tuple(shape)} does not divide over mesh "
+                       f"axes {axes} of size {size}")
+
+
 def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
   """NamedShardings for a boxed (abstract or concrete) variable tree.
 
@@ -111,12 +122,7 @@ def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) ->
       if name is not None and name not in known:
         raise ValueError(f"parameter {where}: logical axis {name!r} has no partitioning rule")
     mesh_spec = nn.logical_to_mesh_axes(spec, rules)
-    for dim, axes in zip(leaf.shape, mesh_spec):
-      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-      size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-      if dim % size:
-        raise ValueError(f"parameter {where}: dimension {dim} of {leaf.shape} does not divide "
-                         f"over mesh axes {axes} of size {size}")
+    check_divisible(f"parameter {where}", leaf.shape, mesh_spec, mesh)
     return NamedSharding(mesh, mesh_spec)
 
   return jax.tree_util.tree_map_with_path(one, unbox(boxed_tree), logical_specs(boxed_tree))

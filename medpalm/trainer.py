@@ -23,6 +23,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from medpalm import train_state as train_state_lib
+from medpalm import partitioning
 from medpalm.partitioning import Partitioner
 from medpalm.train_state import TrainState
 
@@ -49,12 +50,8 @@ def _check_divisible(shapes: Any, mesh_axes: Any, mesh) -> None:
   flat_axes = jax.tree.leaves(mesh_axes, is_leaf=is_spec)
   flat_shapes = jax.tree_util.tree_leaves_with_path(shapes)
   for (path, leaf), spec in zip(flat_shapes, flat_axes):
-    for dim, axes in zip(leaf.shape, spec):
-      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-      size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-      if dim % size:
-        raise ValueError(f"train state {jax.tree_util.keystr(path)}: dimension {dim} of "
-                         f"{leaf.shape} does not divide over mesh axes {axes} (size {size})")
+    partitioning.check_divisible(f"train state {jax.tree_util.keystr(path)}", leaf.shape, spec,
+                                 mesh)
 
 
 class TrainStateInitializer:
