@@ -7,6 +7,13 @@ Model FLOPs per step are analytic (6 × matmul parameters × tokens + 12 × laye
 width per token for QKᵀ and PV, forward and backward) and cross-checked against XLA's
 `cost_analysis`. MFU = model FLOPs / step time / peak, where the peak is a large square matmul
 of the same dtype timed in this process, on this machine, now.
+
+Each remat policy in `--remat` is timed in the same run against the same peak. Model FLOPs do
+not count recomputation (PaLM's definition), so `dots` (keep matmul outputs, recompute the
+elementwise work in the backward pass) earns its place only by being faster: on a CPU it trades
+cheap arithmetic for the memory traffic of storing every layer's softmax and MLP activations.
+By default glibc is told to keep freed memory (`common.retain_freed_memory`); pass
+`--system_allocator` to measure without that.
 """
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 
-from common import best_time, matmul_peak, text_batch, train_step_fn  # noqa: E402
+from common import (best_time, matmul_peak, retain_freed_memory, text_batch,  # noqa: E402
+                    train_step_fn)
 from medpalm import configs  # noqa: E402
 from medpalm.models import medpalm_m  # noqa: E402
 from medpalm.models.blocks import unstack_layers  # noqa: E402
@@ -42,6 +50,41 @@ def analytic_flops(c, batch: int, length: int) -> float:
   return 6 * matmul_params * tokens + 12 * c.num_layers * length * attn_width * tokens
 
 
+def build(args, remat: str):
+  """(config, params) of the benchmark decoder with the given remat policy."""
+  base = configs.get_config("tiny", dtype=args.dtype, remat_policy=remat)
+  decoder = dataclasses.replace(base.decoder, num_layers=args.layers, d_model=args.d_model,
+                                num_heads=args.d_model // 64, head_dim=64,
+                                d_ff=4 * args.d_model, vocab_size=args.vocab)
+  config = dataclasses.replace(base, decoder=decoder, image_token_id=args.vocab - 1)
+  params = nn.meta.unbox(medpalm_m.MedPalmM(config).init(
+      jax.random.key(0), text_batch(1, 8, args.vocab)["decoder_input_tokens"]))["params"]
+  return config, params
+
+
+def xla_flops(config, params, optimizer, batch, layers: int) -> float:
+  """XLA's FLOP count of the step; it counts a loop body once, so this compiles (does not run)
+  the unrolled twin."""
+  unrolled = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
+                                                                     scan_layers=False))
+  unrolled_params = {"decoder": blocks_unstacked(params["decoder"], layers)}
+  cost = train_step_fn(unrolled, optimizer).lower(
+      unrolled_params, optimizer.init(unrolled_params), batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def step_seconds(config, params, optimizer, batch) -> float:
+  step = train_step_fn(config, optimizer)
+  state = {"params": params, "opt": optimizer.init(params)}
+
+  def run():
+    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
+    jax.block_until_ready(loss)
+
+  return best_time(run, repeats=3)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--layers", type=int, default=12)
@@ -50,49 +93,33 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--length", type=int, default=512)
   parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--remat", default="none")
+  parser.add_argument("--remat", default="none,dots",
+                      help="comma-separated remat policies, each measured in this run")
+  parser.add_argument("--system_allocator", action="store_true",
+                      help="leave glibc's malloc as it is (see common.retain_freed_memory)")
   args = parser.parse_args(argv)
+  retained = False if args.system_allocator else retain_freed_memory()
 
-  base = configs.get_config("tiny", dtype=args.dtype, remat_policy=args.remat)
-  heads = args.d_model // 64
-  decoder = dataclasses.replace(base.decoder, num_layers=args.layers, d_model=args.d_model,
-                                num_heads=heads, head_dim=64, d_ff=4 * args.d_model,
-                                vocab_size=args.vocab)
-  config = dataclasses.replace(base, decoder=decoder, image_token_id=args.vocab - 1)
-  params = nn.meta.unbox(medpalm_m.MedPalmM(config).init(
-      jax.random.key(0), text_batch(1, 8, args.vocab)["decoder_input_tokens"]))["params"]
-  n_params = sum(x.size for x in jax.tree.leaves(params))
   optimizer = optax.adafactor(1e-3, momentum=0.9)
-  opt_state = optimizer.init(params)
   batch = text_batch(args.batch, args.length, args.vocab)
-  step = train_step_fn(config, optimizer)
-  # XLA counts a loop body once, so the cross-check compiles the unrolled twin (not run).
-  unrolled = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
-                                                                     scan_layers=False))
-  unrolled_params = {"decoder": blocks_unstacked(params["decoder"], args.layers)}
-  cost = train_step_fn(unrolled, optimizer).lower(
-      unrolled_params, optimizer.init(unrolled_params), batch).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get("flops", float("nan")))
-
-  state = {"params": params, "opt": opt_state}
-
-  def run():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
-    jax.block_until_ready(loss)
-
-  step_time = best_time(run, repeats=3)
-  peak = matmul_peak(2048, jax.numpy.dtype(args.dtype))
+  policies = args.remat.split(",")
+  config, params = build(args, policies[0])
+  n_params = sum(x.size for x in jax.tree.leaves(params))
   flops = analytic_flops(config.decoder, args.batch, args.length)
+  counted = xla_flops(config, params, optimizer, batch, args.layers)
+  times = {policy: step_seconds(*build(args, policy), optimizer, batch) for policy in policies}
+  peak = matmul_peak(2048, jax.numpy.dtype(args.dtype))
+
   print(f"decoder {n_params / 1e6:.1f}M parameters ({args.layers} layers, d_model "
         f"{args.d_model}, vocab {args.vocab}), batch {args.batch} × {args.length} tokens, "
-        f"{args.dtype}, remat {args.remat}, {jax.device_count()} {jax.devices()[0].platform} "
-        f"device(s)")
-  print(f"model FLOPs/step: analytic {flops:.3e}, XLA cost_analysis {xla_flops:.3e} "
-        f"(ratio {xla_flops / flops:.2f})")
-  print(f"step time {step_time * 1e3:.1f} ms -> {flops / step_time / 1e9:.1f} GFLOP/s; "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s")
-  print(f"MFU = {flops / step_time / peak:.1%} of the in-process matmul peak")
+        f"{args.dtype}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{'freed memory retained' if retained else 'system allocator'}")
+  print(f"model FLOPs/step: analytic {flops:.3e}, XLA cost_analysis {counted:.3e} "
+        f"(ratio {counted / flops:.2f})")
+  print(f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+  for policy, seconds in times.items():
+    print(f"remat {policy:>14}: step {seconds * 1e3:7.1f} ms -> {flops / seconds / 1e9:6.1f} "
+          f"GFLOP/s, MFU = {flops / seconds / peak:.1%} of the in-process matmul peak")
 
 
 if __name__ == "__main__":

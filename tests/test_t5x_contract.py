@@ -1,4 +1,5 @@
 """MedPalmMModel keeps T5X's model contract: names, signatures, losses, initial variables."""
+import functools
 import inspect
 
 import flax.linen as nn
@@ -76,6 +77,38 @@ def test_prompt_tokens_carry_no_loss(setup):
   prompt = batch["decoder_causal_attention"].astype(bool)
   changed = dict(batch, decoder_target_tokens=jnp.where(prompt, 7, batch["decoder_target_tokens"]))
   assert float(model.loss_fn(params, changed, None)[0]) == pytest.approx(float(loss), rel=1e-6)
+
+
+def _smoothed_cross_entropy(logits, targets, z_loss, label_smoothing):
+  """Textbook form, differentiated by JAX: KL(q || softmax) for the smoothed target q, + z-loss."""
+  vocab = logits.shape[-1]
+  q = jnp.where(jax.nn.one_hot(targets, vocab) > 0, 1.0 - label_smoothing,
+                label_smoothing / (vocab - 1))
+  entropy = -jnp.sum(jnp.where(q > 0, q * jnp.log(q), 0.0), -1)
+  log_z = jax.nn.logsumexp(logits, -1)
+  z = z_loss * log_z ** 2
+  return -jnp.sum(q * jax.nn.log_softmax(logits), -1) - entropy + z, z
+
+
+@pytest.mark.parametrize("z_loss,label_smoothing", [(0.0, 0.0), (1e-3, 0.0), (1e-3, 0.1)])
+def test_cross_entropy_value_and_hand_written_gradient_match_autodiff(z_loss, label_smoothing):
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(0, 3, (2, 5, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (2, 5)), jnp.int32)
+  w_loss, w_z = (jnp.asarray(rng.uniform(size=(2, 5)), jnp.float32) for _ in range(2))
+
+  def objective(ce, x):
+    loss, z = ce(x, targets, z_loss, label_smoothing)
+    return jnp.sum(loss * w_loss) + 3.0 * jnp.sum(z * w_z)  # both outputs carry a gradient
+
+  ours = model_lib.cross_entropy_with_logits(logits, targets, z_loss, label_smoothing)
+  want = _smoothed_cross_entropy(logits, targets, z_loss, label_smoothing)
+  for got, expected in zip(ours, want):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  grad = jax.grad(functools.partial(objective, model_lib.cross_entropy_with_logits))(logits)
+  want_grad = jax.grad(functools.partial(objective, _smoothed_cross_entropy))(logits)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(want_grad).max()) > 1e-2  # the comparison is not between zeros
 
 
 def test_score_batch_is_minus_the_summed_target_cross_entropy():

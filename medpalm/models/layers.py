@@ -9,6 +9,7 @@ splits heads, and so that imported checkpoints map onto them with a reshape.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -43,6 +44,13 @@ def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
 class DenseGeneral(nn.Module):
   """`y = x @ W (+ b)` contracting the trailing `len(in_shape)` dims of x.
 
+  The product is computed as one 2-D matmul `[batch..., prod(in_shape)] @ [prod(in_shape),
+  prod(out_shape)]` (both reshapes are free on row-major arrays). A rank-3 `dot_general` gives
+  the same forward pass, but its weight gradient contracts two dims at once, and XLA:CPU lowers
+  that with a transposed copy of the output gradient and a slower GEMM: 2.4x the fwd+bwd time
+  of the 2-D form for a [4, 512, 512] @ [512, 2048] layer (`benchmarks/mfu.py` history in
+  docs/PERFORMANCE.md).
+
   Attributes:
     in_shape / out_shape: kernel is `[*in_shape, *out_shape]`.
     kernel_axes: logical names of the kernel's dims (in, then out).
@@ -62,8 +70,13 @@ class DenseGeneral(nn.Module):
     kernel = param(self, "kernel", init, (*self.in_shape, *self.out_shape), self.kernel_axes,
                    self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if x.shape[x.ndim - n_in:] != tuple(self.in_shape):
+      raise ValueError(f"{self.name}: input trailing dims {x.shape[x.ndim - n_in:]} do not "
+                       f"match the kernel's in_shape {tuple(self.in_shape)}")
+    batch = x.shape[:x.ndim - n_in]
+    fan_in, fan_out = math.prod(self.in_shape), math.prod(self.out_shape)
+    y = x.reshape(-1, fan_in) @ kernel.reshape(fan_in, fan_out)
+    y = y.reshape(*batch, *self.out_shape)
     if self.use_bias:
       bias = param(self, "bias", nn.initializers.zeros, self.out_shape,
                    self.kernel_axes[n_in:], self.param_dtype)
