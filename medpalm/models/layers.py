@@ -47,9 +47,8 @@ class DenseGeneral(nn.Module):
   The product is computed as one 2-D matmul `[batch..., prod(in_shape)] @ [prod(in_shape),
   prod(out_shape)]` (both reshapes are free on row-major arrays). A rank-3 `dot_general` gives
   the same forward pass, but its weight gradient contracts two dims at once, and XLA:CPU lowers
-  that with a transposed copy of the output gradient and a slower GEMM: 2.4x the fwd+bwd time
-  of the 2-D form for a [4, 512, 512] @ [512, 2048] layer (`benchmarks/mfu.py` history in
-  docs/PERFORMANCE.md).
+  that with a transposed copy of the output gradient and a slower GEMM: about 2x the fwd+bwd
+  time of the 2-D form for a [4, 512, 512] @ [512, 2048] layer (`benchmarks/step_parts.py`).
 
   Attributes:
     in_shape / out_shape: kernel is `[*in_shape, *out_shape]`.
