@@ -8,7 +8,8 @@ width per token for QKᵀ and PV, forward and backward) and cross-checked agains
 `cost_analysis`. MFU = model FLOPs / step time / peak, where the peak is a large square matmul
 of the same dtype timed in this process, on this machine, now.
 
-Each remat policy in `--remat` is timed in the same run against the same peak. Model FLOPs do
+Each remat policy in `--remat`, with each attention implementation in `--attention`, is timed
+in the same run against the same peak. Model FLOPs do
 not count recomputation (PaLM's definition), so `dots` (keep matmul outputs, recompute the
 elementwise work in the backward pass) earns its place only by being faster: on a CPU it trades
 cheap arithmetic for the memory traffic of storing every layer's softmax and MLP activations.
@@ -50,9 +51,9 @@ def analytic_flops(c, batch: int, length: int) -> float:
   return 6 * matmul_params * tokens + 12 * c.num_layers * length * attn_width * tokens
 
 
-def build(args, remat: str):
-  """(config, params) of the benchmark decoder with the given remat policy."""
-  base = configs.get_config("tiny", dtype=args.dtype, remat_policy=remat)
+def build(args, remat: str, attention: str):
+  """(config, params) of the benchmark decoder with the given remat policy and attention."""
+  base = configs.get_config("tiny", dtype=args.dtype, remat_policy=remat, attention=attention)
   decoder = dataclasses.replace(base.decoder, num_layers=args.layers, d_model=args.d_model,
                                 num_heads=args.d_model // 64, head_dim=64,
                                 d_ff=4 * args.d_model, vocab_size=args.vocab)
@@ -95,6 +96,8 @@ def main(argv=None):
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--remat", default="none,dots",
                       help="comma-separated remat policies, each measured in this run")
+  parser.add_argument("--attention", default="jax,recompute",
+                      help="comma-separated attention implementations, each measured")
   parser.add_argument("--system_allocator", action="store_true",
                       help="leave glibc's malloc as it is (see common.retain_freed_memory)")
   args = parser.parse_args(argv)
@@ -102,12 +105,14 @@ def main(argv=None):
 
   optimizer = optax.adafactor(1e-3, momentum=0.9)
   batch = text_batch(args.batch, args.length, args.vocab)
-  policies = args.remat.split(",")
-  config, params = build(args, policies[0])
+  variants = [(remat, attention) for remat in args.remat.split(",")
+              for attention in args.attention.split(",")]
+  config, params = build(args, *variants[0])
   n_params = sum(x.size for x in jax.tree.leaves(params))
   flops = analytic_flops(config.decoder, args.batch, args.length)
   counted = xla_flops(config, params, optimizer, batch, args.layers)
-  times = {policy: step_seconds(*build(args, policy), optimizer, batch) for policy in policies}
+  times = {variant: step_seconds(*build(args, *variant), optimizer, batch)
+           for variant in variants}
   peak = matmul_peak(2048, jax.numpy.dtype(args.dtype))
 
   print(f"decoder {n_params / 1e6:.1f}M parameters ({args.layers} layers, d_model "
@@ -117,9 +122,10 @@ def main(argv=None):
   print(f"model FLOPs/step: analytic {flops:.3e}, XLA cost_analysis {counted:.3e} "
         f"(ratio {counted / flops:.2f})")
   print(f"matmul peak {peak / 1e9:.1f} GFLOP/s")
-  for policy, seconds in times.items():
-    print(f"remat {policy:>14}: step {seconds * 1e3:7.1f} ms -> {flops / seconds / 1e9:6.1f} "
-          f"GFLOP/s, MFU = {flops / seconds / peak:.1%} of the in-process matmul peak")
+  for (remat, attention), seconds in times.items():
+    print(f"remat {remat:>5}, attention {attention:>9}: step {seconds * 1e3:7.1f} ms -> "
+          f"{flops / seconds / 1e9:6.1f} GFLOP/s, MFU = {flops / seconds / peak:.1%} of the "
+          f"in-process matmul peak")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Callable
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
+ATTENTION_IMPLEMENTATIONS = ("jax", "recompute", "reference")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 
 
@@ -44,7 +45,9 @@ class TransformerConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
-  attention: str = "jax"  # "jax" (jax.nn.dot_product_attention) or "reference" (plain einsums)
+  # "jax" (jax.nn.dot_product_attention), "recompute" (backward recomputes the softmax: fastest
+  # on CPU) or "reference" (plain einsums); see layers.dot_product_attention.
+  attention: str = "jax"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -54,8 +57,8 @@ class TransformerConfig:
       raise ValueError(f"mlp_activation {self.mlp_activation!r} not in {ACTIVATIONS}")
     if self.norm not in ("layernorm", "rmsnorm"):
       raise ValueError(f"norm {self.norm!r} must be 'layernorm' or 'rmsnorm'")
-    if self.attention not in ("jax", "reference"):
-      raise ValueError(f"attention {self.attention!r} must be 'jax' or 'reference'")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention {self.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
 

@@ -198,19 +198,43 @@ def test_a_few_training_steps_fit_a_fixed_batch(model):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[part])) > 0, part
 
 
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_fused_attention_path_matches_the_reference_path(kv_heads):
-  """`jax.nn.dot_product_attention` against our einsum definition: grouped K/V heads, a causal +
-  prefix + padding mask with fully masked (padding) rows, float32 and bfloat16."""
-  from medpalm.models import layers
+def _attention_inputs(kv_heads):
+  """q, k, v and a causal + prefix + padding mask with fully masked (padding) rows."""
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.standard_normal((2, 6, 4, 8)), jnp.float32)
   k, v = (jnp.asarray(rng.standard_normal((2, 6, kv_heads, 8)), jnp.float32) for _ in range(2))
   mask = multimodal.attention_mask(6, jnp.array([[1, 1, 0, 0, 0, 0]] * 2),
                                    jnp.array([[3, 4, 5, 6, 0, 0], [3, 4, 5, 6, 7, 8]]))
+  return q, k, v, mask
+
+
+@pytest.mark.parametrize("implementation", ["jax", "recompute"])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_attention_paths_match_the_reference_path(implementation, kv_heads):
+  """`jax.nn.dot_product_attention` and the recomputing path against our einsum definition:
+  grouped K/V heads, padding rows, float32 and bfloat16."""
+  from medpalm.models import layers
+  q, k, v, mask = _attention_inputs(kv_heads)
   for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
-    fused = layers.dot_product_attention(q, k, v, mask, dtype, "jax")
+    fused = layers.dot_product_attention(q, k, v, mask, dtype, implementation)
     reference = layers.dot_product_attention(q, k, v, mask, dtype, "reference")
+    assert fused.dtype == dtype
     assert np.all(np.isfinite(np.asarray(fused, np.float32)))
     np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(reference, np.float32),
                                atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_recomputing_attention_gradient_matches_autodiff_of_the_reference(kv_heads):
+  from medpalm.models import layers
+  q, k, v, mask = _attention_inputs(kv_heads)
+  probe = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
+
+  def grads(implementation):
+    objective = lambda q, k, v: jnp.sum(probe * layers.dot_product_attention(
+        q, k, v, mask, jnp.float32, implementation))
+    return jax.grad(objective, argnums=(0, 1, 2))(q, k, v)
+
+  for name, got, want in zip("qkv", grads("recompute"), grads("reference")):
+    assert float(jnp.abs(want).max()) > 1e-2, name
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")

@@ -144,8 +144,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dtyp
   """Softmax attention with grouped (multi-query) keys and values.
 
   implementation: "jax" goes through `jax.nn.dot_product_attention` (fused kernels on GPU/TPU,
-  XLA elsewhere); "reference" is the plain einsum path below, softmax in float32, kept as the
-  definition the fused path is tested against.
+  XLA elsewhere); "recompute" is `recompute_attention` (the fastest on CPU); "reference" is the
+  plain einsum path below, softmax in float32, kept as the definition the others are tested
+  against.
 
   Args:
     q: [B, T, H, K] queries, already scaled.
@@ -157,8 +158,11 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dtyp
   if implementation == "jax":
     return jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
                                         mask=mask, scale=1.0).astype(dtype)
+  if implementation == "recompute":
+    return recompute_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
   if implementation != "reference":
-    raise ValueError(f"attention implementation {implementation!r}: 'jax' or 'reference'")
+    raise ValueError(f"attention implementation {implementation!r}: 'jax', 'recompute' or "
+                     "'reference'")
   b, t, h, d = q.shape
   g = k.shape[2]
   q = q.reshape(b, t, g, h // g, d)
@@ -169,3 +173,72 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dtyp
   probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
   out = jnp.einsum("bgrts,bsgk->btgrk", probs, v)
   return out.reshape(b, t, h, d)
+
+
+def _grouped(x: Array, groups: int) -> Array:
+  """[B, T, H, K] -> [B, T, G, H/G, K]: the query heads that share one key/value head."""
+  b, t, h, d = x.shape
+  return x.reshape(b, t, groups, h // groups, d)
+
+
+def _masked_logits(q: Array, k: Array, mask: Array | None) -> Array:
+  """float32[B, G, T, R, S] logits of grouped queries [B, T, G, R, K] against keys [B, S, G, K]."""
+  logits = jnp.einsum("btgrk,bsgk->bgtrs", q, k, preferred_element_type=jnp.float32)
+  if mask is None:
+    return logits
+  return jnp.where(mask[:, :, :, None, :], logits, jnp.finfo(jnp.float32).min)
+
+
+def _probs(logits: Array, row_max: Array, log_z: Array) -> Array:
+  """softmax(logits) from its row max and log-normalizer of the shifted logits, both [..., 1].
+
+  The two are kept apart because a fully masked row has max = finfo.min, where max + log_z
+  would round back to finfo.min and turn the uniform row the reference computes into all ones.
+  """
+  return jnp.exp(logits - row_max - log_z)
+
+
+def _recompute_forward(q, k, v, mask):
+  g = k.shape[2]
+  logits = _masked_logits(_grouped(q, g), k, mask)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)  # float32[B, G, T, R, 1]
+  log_z = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True))
+  probs = _probs(logits, row_max, log_z).astype(q.dtype)
+  out = jnp.einsum("bgtrs,bsgk->btgrk", probs, v).reshape(q.shape)
+  return out, (q, k, v, mask, row_max, log_z, out)
+
+
+def _recompute_backward(residuals, d_out):
+  q, k, v, mask, row_max, log_z, out = residuals
+  g = k.shape[2]
+  f32 = lambda x: x.astype(jnp.float32)
+  q5, d_out5, out5 = (f32(_grouped(x, g)) for x in (q, d_out, out))
+  probs = _probs(_masked_logits(q5, f32(k), mask), row_max, log_z)  # [B, G, T, R, S]
+  d_probs = jnp.einsum("btgrk,bsgk->bgtrs", d_out5, f32(v))
+  # Softmax backward: dS = P * (dP - sum_s P dP), and sum_s P dP = <dO, O> per query.
+  d_logits = probs * (d_probs - jnp.einsum("btgrk,btgrk->bgtr", d_out5, out5)[..., None])
+  if mask is not None:  # masked logits are constants (a fully masked row's probs are not 0)
+    d_logits = jnp.where(mask[:, :, :, None, :], d_logits, 0.0)
+  d_q = jnp.einsum("bgtrs,bsgk->btgrk", d_logits, f32(k)).reshape(q.shape)
+  d_k = jnp.einsum("bgtrs,btgrk->bsgk", d_logits, q5)
+  d_v = jnp.einsum("bgtrs,btgrk->bsgk", probs, d_out5)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+@jax.custom_vjp
+def recompute_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+  """Softmax attention that keeps only the softmax normalizer for its backward pass.
+
+  Same value as the reference path (float32 logits and softmax; probabilities in q's dtype
+  before the value product). The backward pass recomputes the probabilities from q, k and the
+  saved float32[B, G, T, R] row max and log-normalizer, as flash attention does, instead of storing the
+  [B, H, T, S] probabilities: under `nn.scan` every saved array is stacked over layers, and on
+  a CPU writing and re-reading those stacks costs more than one extra QK^T matmul. Logits are
+  laid out [B, G, T, R, S] so that all six matmuls read and write their operands as they are.
+
+  q: [B, T, H, K]; k, v: [B, S, G, K]; mask: bool[B, 1, T, S] or None. Returns [B, T, H, K].
+  """
+  return _recompute_forward(q, k, v, mask)[0]
+
+
+recompute_attention.defvjp(_recompute_forward, _recompute_backward)
