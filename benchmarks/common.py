@@ -68,15 +68,12 @@ def text_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict:
           "decoder_loss_weights": jnp.asarray(weights)}
 
 
-def train_step_fn(config, optimizer: optax.GradientTransformation):
-  """A jitted (params, opt_state, batch) -> (params, opt_state, loss) through loss_fn.
+def train_step(model: MedPalmMModel, optimizer: optax.GradientTransformation):
+  """A jitted (params, opt_state, batch) -> (params, opt_state, loss) through `model.loss_fn`.
 
   Parameters and optimizer state are donated, as the trainer donates its train state: the
   update is written in place instead of into freshly allocated buffers every step.
   """
-  model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(config.decoder.vocab_size,
-                                                                      1),
-                        z_loss=1e-4, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, batch):
@@ -85,3 +82,11 @@ def train_step_fn(config, optimizer: optax.GradientTransformation):
     return optax.apply_updates(params, updates), opt_state, loss
 
   return step
+
+
+def train_step_fn(config, optimizer: optax.GradientTransformation):
+  """`train_step` of a text-only model of `config` (z-loss 1e-4, per-token mean loss)."""
+  model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(config.decoder.vocab_size,
+                                                                      1),
+                        z_loss=1e-4, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+  return train_step(model, optimizer)

@@ -7,10 +7,15 @@ into medpalm (`convert.import_paligemma`), so both sides hold the same weights. 
 work: a batch of images + text (image tokens and prompt as bidirectional prefix, loss on the
 suffix), forward + backward + AdamW update. Prints tokens/s and the ratio ours / theirs (target
 ≥ 1.5×), after checking that both compute the same loss.
+
+medpalm is timed once per remat policy in `--remat` (`dots` recomputes elementwise work in the
+backward pass, the faster choice on a CPU; the matmuls and so the work are the same). The glibc
+setting of `common.retain_freed_memory` is process-wide, so it applies to both sides.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -26,7 +31,7 @@ import seqio  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from common import best_time  # noqa: E402
+from common import best_time, retain_freed_memory, train_step  # noqa: E402
 from medpalm import convert  # noqa: E402
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
@@ -39,7 +44,12 @@ def main(argv=None):
   parser.add_argument("--layers", type=int, default=6)
   parser.add_argument("--d_model", type=int, default=512)
   parser.add_argument("--vocab", type=int, default=16384)
+  parser.add_argument("--remat", default="none,dots",
+                      help="comma-separated remat policies for medpalm, each measured")
+  parser.add_argument("--system_allocator", action="store_true",
+                      help="leave glibc's malloc as it is (see common.retain_freed_memory)")
   args = parser.parse_args(argv)
+  retained = False if args.system_allocator else retain_freed_memory()
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
 
@@ -55,9 +65,6 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as path:
     reference.save_pretrained(path)
     ours_config, params, _ = convert.import_paligemma(path)
-  model = MedPalmMModel(MedPalmM(ours_config), seqio.PassThroughVocabulary(args.vocab, 1),
-                        z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
-                        prefix_bidirectional=True)
 
   rng = np.random.default_rng(0)
   m = ours_config.num_image_tokens
@@ -78,17 +85,24 @@ def main(argv=None):
            "images": jnp.asarray(images)[:, None], "image_mask": jnp.ones((args.batch, 1), bool)}
 
   optimizer = optax.adamw(1e-4)
-  state = {"params": params, "opt": optimizer.init(params)}
 
-  @jax.jit
-  def step(params, opt_state, batch):
-    (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, None)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def ours_with(remat: str):
+    """medpalm's step with `remat` in both towers (recomputation is extra work for us only)."""
+    tower = lambda c: dataclasses.replace(c, remat_policy=remat)
+    config = dataclasses.replace(ours_config, vision=tower(ours_config.vision),
+                                 decoder=tower(ours_config.decoder))
+    model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(args.vocab, 1),
+                          z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+                          prefix_bidirectional=True)
+    step = train_step(model, optimizer)
+    state = {"params": jax.tree.map(jnp.copy, params)}
+    state["opt"] = optimizer.init(state["params"])
 
-  def ours():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
-    return float(loss)
+    def ours():
+      state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
+      return float(loss)
+
+    return ours
 
   torch_opt = torch.optim.AdamW(reference.parameters(), lr=1e-4)
   labels = torch.tensor(np.where(causal == 1, -100, tokens), dtype=torch.long)
@@ -104,18 +118,23 @@ def main(argv=None):
     torch_opt.step()
     return loss.item()
 
-  first_ours, first_theirs = ours(), theirs()  # same weights: the same loss before any update
-  t_ours = best_time(ours)
+  ours = {remat: ours_with(remat) for remat in args.remat.split(",")}
+  # Same weights: the same loss before any update.
+  first_ours, first_theirs = {r: f() for r, f in ours.items()}, theirs()
+  t_ours = {remat: best_time(f) for remat, f in ours.items()}
   t_theirs = best_time(theirs)
   work = args.batch * length
   print(f"PaliGemma architecture: SigLIP 4×256 at 224² ({m} image tokens) + Gemma "
         f"{args.layers}×{args.d_model}, vocab {args.vocab}; batch {args.batch} × {length} "
         f"positions; AdamW; {jax.device_count()} CPU device(s), torch threads "
-        f"{torch.get_num_threads()}")
-  print(f"first-step loss: medpalm {first_ours:.5f}, transformers {first_theirs:.5f}")
-  print(f"medpalm       {work / t_ours:9.1f} tokens/s ({t_ours * 1e3:.0f} ms/step)")
-  print(f"transformers  {work / t_theirs:9.1f} tokens/s ({t_theirs * 1e3:.0f} ms/step)")
-  print(f"ratio medpalm / transformers: {t_theirs / t_ours:.2f}x (target >= 1.5x)")
+        f"{torch.get_num_threads()}; "
+        f"{'freed memory retained' if retained else 'system allocator'} (both sides)")
+  print(f"first-step loss: transformers {first_theirs:.5f}, medpalm " +
+        ", ".join(f"{loss:.5f} (remat {remat})" for remat, loss in first_ours.items()))
+  print(f"transformers             {work / t_theirs:9.1f} tokens/s ({t_theirs * 1e3:.0f} ms/step)")
+  for remat, seconds in t_ours.items():
+    print(f"medpalm, remat {remat:>5}    {work / seconds:9.1f} tokens/s ({seconds * 1e3:.0f} "
+          f"ms/step): {t_theirs / seconds:.2f}x transformers (target >= 1.5x)")
 
 
 if __name__ == "__main__":
