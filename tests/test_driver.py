@@ -271,3 +271,26 @@ def test_user_file_examples_for_infer(tmp_path):
   path.write_text(json.dumps({"image": "scan.png", "question": "why " * 100}) + "\n")
   with pytest.raises(ValueError, match="does not fit the sequence length 64"):
     infer._file_examples(str(path), vocabulary, 4, 28, 64)
+
+
+def test_input_threads_cap_the_pipeline_without_changing_its_batches():
+  from medpalm import data
+  driver_setup.register()
+  cfg = data.DatasetConfig(driver_setup.TASK, driver_setup.LENGTHS, "train", 4, True, 3)
+
+  def first_batches(cfg):
+    ds = data.get_dataset(cfg, 0, 1, MedPalmMModel.FEATURE_CONVERTER_CLS)
+    return ds, [next(it) for it in [ds.as_numpy_iterator()] for _ in range(3)]
+
+  default_ds, default = first_batches(cfg)
+  capped_ds, capped = first_batches(dataclasses.replace(cfg, input_threads=1))
+  assert capped_ds.options().threading.private_threadpool_size == 1
+  assert capped_ds.options().autotune.enabled is False
+  assert default_ds.options().threading.private_threadpool_size != 1
+  for a, b in zip(default, capped):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  with pytest.raises(ValueError, match="input_threads"):
+    data.get_dataset(dataclasses.replace(cfg, input_threads=0), 0, 1,
+                     MedPalmMModel.FEATURE_CONVERTER_CLS)
