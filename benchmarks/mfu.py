@@ -75,15 +75,16 @@ def xla_flops(config, params, optimizer, batch, layers: int) -> float:
   return float(cost.get("flops", float("nan")))
 
 
-def step_seconds(config, params, optimizer, batch) -> float:
-  step = train_step_fn(config, optimizer)
+def step_seconds(config, params, optimizer, batch) -> tuple[float, int]:
+  """(best step time, bytes of XLA scratch space the step allocates per execution)."""
   state = {"params": params, "opt": optimizer.init(params)}
+  step = train_step_fn(config, optimizer).lower(state["params"], state["opt"], batch).compile()
 
   def run():
     state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
     jax.block_until_ready(loss)
 
-  return best_time(run, repeats=3)
+  return best_time(run, repeats=3), step.memory_analysis().temp_size_in_bytes
 
 
 def main(argv=None):
@@ -122,10 +123,10 @@ def main(argv=None):
   print(f"model FLOPs/step: analytic {flops:.3e}, XLA cost_analysis {counted:.3e} "
         f"(ratio {counted / flops:.2f})")
   print(f"matmul peak {peak / 1e9:.1f} GFLOP/s")
-  for (remat, attention), seconds in times.items():
+  for (remat, attention), (seconds, scratch) in times.items():
     print(f"remat {remat:>5}, attention {attention:>9}: step {seconds * 1e3:7.1f} ms -> "
           f"{flops / seconds / 1e9:6.1f} GFLOP/s, MFU = {flops / seconds / peak:.1%} of the "
-          f"in-process matmul peak")
+          f"in-process matmul peak; XLA scratch {scratch / 2**30:.2f} GiB per step")
 
 
 if __name__ == "__main__":

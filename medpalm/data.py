@@ -31,9 +31,9 @@ class DatasetConfig:
 
   `input_threads`: None lets tf.data size its thread pool and autotune it (hosts that only feed
   accelerators); a number caps the pipeline at that many threads with autotuning off, for hosts
-  where the input pipeline shares its CPU cores with the model (the CPU demo): there, tf.data's
-  default thread churn costs 25.8 ms of CPU per 16-example batch against 15.8 ms with one thread
-  (`benchmarks/input_pipeline.py`).
+  where the input pipeline shares its CPU cores with the model (the CPU demo): there, autotuned
+  tf.data threads slow the demo's training step down 1.15-1.26x against 1.06-1.09x with one
+  thread (`benchmarks/input_pipeline.py`).
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
