@@ -45,8 +45,8 @@ class TransformerConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
-  # "jax" (jax.nn.dot_product_attention), "recompute" (backward recomputes the softmax: fastest
-  # on CPU) or "reference" (plain einsums); see layers.dot_product_attention.
+  # "jax" (jax.nn.dot_product_attention), "recompute" (the backward pass recomputes the softmax
+  # instead of storing it) or "reference" (plain einsums); see layers.dot_product_attention.
   attention: str = "jax"
 
   def __post_init__(self):

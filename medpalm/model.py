@@ -65,10 +65,10 @@ def cross_entropy_with_logits(logits: jax.Array, targets: jax.Array, z_loss: flo
   the other V-1 classes and subtracts the entropy of that target, so a perfect model scores 0.
 
   The gradient is written out (`softmax - target distribution`, plus the z-loss term) instead of
-  differentiated through `logsumexp` and `take_along_axis`: autodiff materializes the log-probs,
-  a zero-filled scatter for the target gather and their sum, three extra [B, T, V] buffers that
-  dominate the step's memory traffic at a 16k+ vocabulary; this way the backward pass reads the
-  logits once and writes their gradient once.
+  differentiated through `logsumexp` and `take_along_axis`, where autodiff materializes the
+  log-probs, a zero-filled scatter for the target gather and their sum, three extra [B, T, V]
+  buffers. Written out, the backward pass reads the logits once and writes their gradient once:
+  1.13x faster on [4, 512, 16384] logits (`benchmarks/step_parts.py`).
   """
   return _cross_entropy(logits, targets, float(z_loss), float(label_smoothing))
 

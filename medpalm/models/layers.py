@@ -47,8 +47,8 @@ class DenseGeneral(nn.Module):
   The product is computed as one 2-D matmul `[batch..., prod(in_shape)] @ [prod(in_shape),
   prod(out_shape)]` (both reshapes are free on row-major arrays). A rank-3 `dot_general` gives
   the same forward pass, but its weight gradient contracts two dims at once, and XLA:CPU lowers
-  that with a transposed copy of the output gradient and a slower GEMM: about 2x the fwd+bwd
-  time of the 2-D form for a [4, 512, 512] @ [512, 2048] layer (`benchmarks/step_parts.py`).
+  that with a transposed copy of the output gradient and a slower GEMM: 2.1x the fwd+bwd time of
+  the 2-D form for a [4, 512, 512] @ [512, 2048] layer (`benchmarks/step_parts.py`).
 
   Attributes:
     in_shape / out_shape: kernel is `[*in_shape, *out_shape]`.
@@ -144,9 +144,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dtyp
   """Softmax attention with grouped (multi-query) keys and values.
 
   implementation: "jax" goes through `jax.nn.dot_product_attention` (fused kernels on GPU/TPU,
-  XLA elsewhere); "recompute" is `recompute_attention` (the fastest on CPU); "reference" is the
-  plain einsum path below, softmax in float32, kept as the definition the others are tested
-  against.
+  XLA elsewhere); "recompute" is `recompute_attention` (keeps no [T, S] array for the backward
+  pass); "reference" is the plain einsum path below, softmax in float32, kept as the definition
+  the others are tested against.
 
   Args:
     q: [B, T, H, K] queries, already scaled.
@@ -231,10 +231,11 @@ def recompute_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Arr
 
   Same value as the reference path (float32 logits and softmax; probabilities in q's dtype
   before the value product). The backward pass recomputes the probabilities from q, k and the
-  saved float32[B, G, T, R] row max and log-normalizer, as flash attention does, instead of storing the
-  [B, H, T, S] probabilities: under `nn.scan` every saved array is stacked over layers, and on
-  a CPU writing and re-reading those stacks costs more than one extra QK^T matmul. Logits are
-  laid out [B, G, T, R, S] so that all six matmuls read and write their operands as they are.
+  saved float32[B, G, T, R] row max and log-normalizer, as flash attention does, instead of
+  storing the [B, H, T, S] probabilities, at the cost of one more QK^T matmul. Under `nn.scan`
+  every saved array is stacked over the layers: without remat this cuts the MFU benchmark's
+  scratch space from 2.95 to 2.24 GiB (docs/PERFORMANCE.md). Remat `dots` gets the same saving
+  by recomputing, and there this path adds nothing.
 
   q: [B, T, H, K]; k, v: [B, S, G, K]; mask: bool[B, 1, T, S] or None. Returns [B, T, H, K].
   """
