@@ -63,52 +63,20 @@ def cross_entropy_with_logits(logits: jax.Array, targets: jax.Array, z_loss: flo
 
   logits: float32[B, T, V]; targets: int32[B, T]. Label smoothing spreads `label_smoothing` over
   the other V-1 classes and subtracts the entropy of that target, so a perfect model scores 0.
-
-  The gradient is written out (`softmax - target distribution`, plus the z-loss term) instead of
-  differentiated through `logsumexp` and `take_along_axis`, where autodiff materializes the
-  log-probs, a zero-filled scatter for the target gather and their sum, three extra [B, T, V]
-  buffers. Written out, the backward pass reads the logits once and writes their gradient once:
-  1.13x faster on [4, 512, 16384] logits (`benchmarks/step_parts.py`).
   """
-  return _cross_entropy(logits, targets, float(z_loss), float(label_smoothing))
-
-
-def _cross_entropy_forward(logits, targets, z_loss, label_smoothing):
   vocab = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_log_prob = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
+  log_probs = logits - log_z[..., None]
+  target_log_prob = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   if label_smoothing:
     confidence, low = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
-    sum_log_probs = jnp.sum(logits, axis=-1) - vocab * log_z
-    mean_log_prob = (sum_log_probs - target_log_prob) / (vocab - 1)
+    mean_log_prob = (jnp.sum(log_probs, axis=-1) - target_log_prob) / (vocab - 1)
     loss = -(confidence * target_log_prob + label_smoothing * mean_log_prob)
     loss -= -(confidence * np.log(confidence) + label_smoothing * np.log(low + 1e-20))
   else:
     loss = -target_log_prob
   z = z_loss * jnp.square(log_z)
-  return (loss + z, z), (logits, targets, log_z)
-
-
-def _cross_entropy_backward(z_loss, label_smoothing, residuals, cotangents):
-  logits, targets, log_z = residuals
-  g_loss, g_z = cotangents  # float32[B, T] each
-  vocab = logits.shape[-1]
-  probs = jnp.exp(logits - log_z[..., None])
-  # d(loss + z)/dlogits = probs - target_dist + 2 z_loss log_z probs;  dz/dlogits = its last term.
-  prob_scale = g_loss * (1.0 + 2.0 * z_loss * log_z) + g_z * (2.0 * z_loss * log_z)
-  is_target = targets[..., None] == jax.lax.broadcasted_iota(targets.dtype, logits.shape,
-                                                             logits.ndim - 1)
-  target_dist = jnp.where(is_target, 1.0 - label_smoothing, label_smoothing / (vocab - 1))
-  grad = probs * prob_scale[..., None] - target_dist * g_loss[..., None]
-  return grad.astype(logits.dtype), None
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _cross_entropy(logits, targets, z_loss, label_smoothing):
-  return _cross_entropy_forward(logits, targets, z_loss, label_smoothing)[0]
-
-
-_cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
+  return loss + z, z
 
 
 def _loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
