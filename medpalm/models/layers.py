@@ -234,7 +234,7 @@ def recompute_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Arr
   saved float32[B, G, T, R] row max and log-normalizer, as flash attention does, instead of
   storing the [B, H, T, S] probabilities, at the cost of one more QK^T matmul. Under `nn.scan`
   every saved array is stacked over the layers: without remat this cuts the MFU benchmark's
-  scratch space from 2.95 to 2.24 GiB (docs/PERFORMANCE.md). Remat `dots` gets the same saving
+  scratch space from 3.07 to 2.36 GiB (docs/PERFORMANCE.md). Remat `dots` gets the same saving
   by recomputing, and there this path adds nothing.
 
   q: [B, T, H, K]; k, v: [B, S, G, K]; mask: bool[B, 1, T, S] or None. Returns [B, T, H, K].
