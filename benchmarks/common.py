@@ -38,6 +38,17 @@ def retain_freed_memory() -> bool:
   return all(libc.mallopt(option, value) == 1 for option, value in settings)
 
 
+def add_allocator_flag(parser) -> None:
+  """`--system_allocator`: measure with glibc's malloc as it comes (see retain_freed_memory)."""
+  parser.add_argument("--system_allocator", action="store_true",
+                      help="leave glibc's malloc as it is (see common.retain_freed_memory)")
+
+
+def apply_allocator_flag(args) -> bool:
+  """Applies `retain_freed_memory` unless `--system_allocator`; True where memory is retained."""
+  return False if args.system_allocator else retain_freed_memory()
+
+
 def best_time(fn, repeats: int = 3) -> float:
   """Minimum wall time of `fn()` over `repeats` runs after one warm-up (compilation) run."""
   fn()

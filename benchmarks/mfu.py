@@ -30,8 +30,8 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 
-from common import (best_time, matmul_peak, retain_freed_memory, text_batch,  # noqa: E402
-                    train_step_fn)
+from common import (add_allocator_flag, apply_allocator_flag, best_time, matmul_peak,  # noqa: E402
+                    text_batch, train_step_fn)
 from medpalm import configs  # noqa: E402
 from medpalm.models import medpalm_m  # noqa: E402
 from medpalm.models.blocks import unstack_layers  # noqa: E402
@@ -99,10 +99,9 @@ def main(argv=None):
                       help="comma-separated remat policies, each measured in this run")
   parser.add_argument("--attention", default="jax,recompute",
                       help="comma-separated attention implementations, each measured")
-  parser.add_argument("--system_allocator", action="store_true",
-                      help="leave glibc's malloc as it is (see common.retain_freed_memory)")
+  add_allocator_flag(parser)
   args = parser.parse_args(argv)
-  retained = False if args.system_allocator else retain_freed_memory()
+  retained = apply_allocator_flag(args)
 
   optimizer = optax.adafactor(1e-3, momentum=0.9)
   batch = text_batch(args.batch, args.length, args.vocab)

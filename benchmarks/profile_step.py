@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from common import retain_freed_memory, text_batch, train_step_fn  # noqa: E402
+from common import (add_allocator_flag, apply_allocator_flag, text_batch,  # noqa: E402
+                    train_step_fn)
 import mfu  # noqa: E402
 
 
@@ -33,12 +34,11 @@ def main(argv=None):
   parser.add_argument("--remat", default="dots")
   parser.add_argument("--attention", default="jax")
   parser.add_argument("--seconds", type=float, default=12.0)
-  parser.add_argument("--system_allocator", action="store_true")
+  add_allocator_flag(parser)
   args = parser.parse_args(argv)
   if shutil.which("perf") is None:
     sys.exit("profile_step.py needs Linux `perf` on the PATH")
-  if not args.system_allocator:
-    retain_freed_memory()
+  apply_allocator_flag(args)
   defaults = argparse.Namespace(layers=12, d_model=512, vocab=16384, batch=4, length=512,
                                 dtype="float32")
   config, params = mfu.build(defaults, args.remat, args.attention)

@@ -31,7 +31,8 @@ import seqio  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from common import best_time, retain_freed_memory, train_step  # noqa: E402
+from common import (add_allocator_flag, apply_allocator_flag, best_time,  # noqa: E402
+                    train_step)
 from medpalm import convert  # noqa: E402
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
@@ -46,10 +47,9 @@ def main(argv=None):
   parser.add_argument("--vocab", type=int, default=16384)
   parser.add_argument("--remat", default="none,dots",
                       help="comma-separated remat policies for medpalm, each measured")
-  parser.add_argument("--system_allocator", action="store_true",
-                      help="leave glibc's malloc as it is (see common.retain_freed_memory)")
+  add_allocator_flag(parser)
   args = parser.parse_args(argv)
-  retained = False if args.system_allocator else retain_freed_memory()
+  retained = apply_allocator_flag(args)
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
 
