@@ -31,6 +31,7 @@ import mfu  # noqa: E402
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  mfu.add_shape_args(parser)
   parser.add_argument("--remat", default="dots")
   parser.add_argument("--attention", default="jax")
   parser.add_argument("--seconds", type=float, default=12.0)
@@ -39,13 +40,11 @@ def main(argv=None):
   if shutil.which("perf") is None:
     sys.exit("profile_step.py needs Linux `perf` on the PATH")
   apply_allocator_flag(args)
-  defaults = argparse.Namespace(layers=12, d_model=512, vocab=16384, batch=4, length=512,
-                                dtype="float32")
-  config, params = mfu.build(defaults, args.remat, args.attention)
+  config, params = mfu.build(args, args.remat, args.attention)
   optimizer = optax.adafactor(1e-3, momentum=0.9)
   step = train_step_fn(config, optimizer)
   state = [params, optimizer.init(params)]
-  batch = text_batch(defaults.batch, defaults.length, defaults.vocab)
+  batch = text_batch(args.batch, args.length, args.vocab)
 
   def run():
     state[0], state[1], loss = step(state[0], state[1], batch)

@@ -8,7 +8,7 @@ Each line times two ways of computing the same value and gradient, in this proce
 - the cross-entropy + z-loss of [4, 512, 16384] logits as `medpalm.model` computes it
   (differentiated by JAX) vs. a written-out softmax-minus-target gradient (`custom_vjp`), which
   medpalm does not use: it is faster here, but it raised the 84b train step's TPU temporaries
-  by 4.7 GiB per chip (docs/PERFORMANCE.md).
+  by 4.9 GiB per chip (docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
