@@ -2,6 +2,7 @@
 
 `requirements-lock.txt` pins the exact, tested stack; the ranges here say what the code needs.
 """
+
 import setuptools
 
 setuptools.setup(

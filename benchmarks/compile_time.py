@@ -6,6 +6,7 @@ Lowers and compiles the full train step (forward, backward, Adafactor update) of
 decoder at 4 and 32 layers, scanned and unrolled, in one run, and prints the ratios. Target:
 scanned 32 layers compile in at most 1.5× the time of 4 layers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,30 +20,38 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from common import text_batch, train_step_fn  # noqa: E402
-from medpalm import configs  # noqa: E402
+from common import RNG, init_state, text_batch, train_step_fn  # noqa: E402
+from medpalm.models import configs  # noqa: E402
 from medpalm.models import medpalm_m  # noqa: E402
 
 
 def compile_seconds(layers: int, scan: bool) -> float:
   base = configs.get_config("tiny", scan_layers=scan)
-  decoder = dataclasses.replace(base.decoder, num_layers=layers, d_model=256, num_heads=4,
-                                head_dim=64, d_ff=1024, vocab_size=4096)
+  decoder = dataclasses.replace(
+      base.decoder,
+      num_layers=layers,
+      d_model=256,
+      num_heads=4,
+      head_dim=64,
+      d_ff=1024,
+      vocab_size=4096,
+  )
   config = dataclasses.replace(base, decoder=decoder, image_token_id=4095)
   optimizer = optax.adafactor(1e-3, momentum=0.9)
   params = medpalm_m.abstract_params(config)
   params = {"decoder": params["decoder"]}  # text-only step: the vision tower is not traced
-  opt_state = jax.eval_shape(optimizer.init, params)
+  state = jax.eval_shape(lambda p: init_state(optimizer, p), params)
   batch = jax.eval_shape(lambda: text_batch(8, 256, 4096))
-  step = train_step_fn(config, optimizer)
+  step = train_step_fn(config)
   start = time.perf_counter()
-  step.lower(params, opt_state, batch).compile()
+  step.lower(state, batch, RNG).compile()
   return time.perf_counter() - start
 
 
 def main():
-  results = {(layers, scan): compile_seconds(layers, scan)
-             for scan in (True, False) for layers in (4, 32)}
+  results = {
+      (layers, scan): compile_seconds(layers, scan) for scan in (True, False) for layers in (4, 32)
+  }
   print("train step compile time (lower + compile), PaLM-block decoder d_model 256:")
   for (layers, scan), seconds in results.items():
     print(f"  {'scanned ' if scan else 'unrolled'} {layers:3d} layers  {seconds:7.2f} s")

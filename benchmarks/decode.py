@@ -8,6 +8,7 @@ weights, same prompts, the same number of greedy tokens (no EOS can stop early).
 and the ratios, then decode time against output length (it must grow linearly: the cache makes
 each step cost the same order of work).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,23 +27,32 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from common import best_time  # noqa: E402
-from medpalm import configs, convert  # noqa: E402
-from medpalm.configs import MedPalmMConfig  # noqa: E402
+from medpalm.models import configs  # noqa: E402
+from medpalm import convert
+from medpalm.models.configs import MedPalmMConfig  # noqa: E402
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
 
 
 def build(args, path):
   hf_config = transformers.CohereConfig(
-      vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=4 * args.d_model,
-      num_hidden_layers=args.layers, num_attention_heads=args.d_model // 64, head_dim=64,
-      num_key_value_heads=1, tie_word_embeddings=True, logit_scale=args.d_model ** -0.5)
+      vocab_size=args.vocab,
+      hidden_size=args.d_model,
+      intermediate_size=4 * args.d_model,
+      num_hidden_layers=args.layers,
+      num_attention_heads=args.d_model // 64,
+      head_dim=64,
+      num_key_value_heads=1,
+      tie_word_embeddings=True,
+      logit_scale=args.d_model**-0.5,
+  )
   torch.manual_seed(0)
   reference = transformers.CohereForCausalLM(hf_config).eval()
   reference.save_pretrained(path)
   decoder, params, _ = convert.import_cohere(path)
-  config = MedPalmMConfig("bench", configs.get_config("tiny").vision, decoder,
-                          image_token_id=args.vocab - 1)
+  config = MedPalmMConfig(
+      "bench", configs.get_config("tiny").vision, decoder, image_token_id=args.vocab - 1
+  )
   never = args.vocab  # an id no step can produce: every row decodes exactly new_tokens
   model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(args.vocab + 1, never))
   return reference, model, {"decoder": params}
@@ -68,11 +78,13 @@ def main(argv=None):
   def batch_for(new_tokens):
     length = args.prompt + new_tokens
     tokens = np.zeros((args.batch, length), np.int32)
-    tokens[:, :args.prompt] = prompts
+    tokens[:, : args.prompt] = prompts
     causal = np.zeros_like(tokens)
-    causal[:, :args.prompt] = 1
-    return {"decoder_input_tokens": jnp.asarray(tokens),
-            "decoder_causal_attention": jnp.asarray(causal)}
+    causal[:, : args.prompt] = 1
+    return {
+        "decoder_input_tokens": jnp.asarray(tokens),
+        "decoder_causal_attention": jnp.asarray(causal),
+    }
 
   predict = jax.jit(model.predict_batch)
   cached = lambda n: jax.block_until_ready(predict(params, batch_for(n)))
@@ -89,22 +101,28 @@ def main(argv=None):
 
   def hf_generate():
     with torch.no_grad():
-      return reference.generate(input_ids=torch.tensor(prompts, dtype=torch.long),
-                                do_sample=False, max_new_tokens=args.new_tokens,
-                                min_new_tokens=args.new_tokens, eos_token_id=None,
-                                pad_token_id=0)
+      return reference.generate(
+          input_ids=torch.tensor(prompts, dtype=torch.long),
+          do_sample=False,
+          max_new_tokens=args.new_tokens,
+          min_new_tokens=args.new_tokens,
+          eos_token_id=None,
+          pad_token_id=0,
+      )
 
-  ours = np.asarray(cached(args.new_tokens))[:, :args.new_tokens]
-  theirs = hf_generate()[:, args.prompt:].numpy()
+  ours = np.asarray(cached(args.new_tokens))[:, : args.new_tokens]
+  theirs = hf_generate()[:, args.prompt :].numpy()
   same = float(np.mean(ours == theirs))
   work = args.batch * args.new_tokens
   t_cached = best_time(lambda: cached(args.new_tokens))
   t_recompute = best_time(recompute, repeats=1)
   t_hf = best_time(hf_generate)
-  print(f"PaLM-block decoder: {args.layers} layers, d_model {args.d_model}, vocab {args.vocab}; "
-        f"batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens "
-        f"(total {total}); {jax.device_count()} CPU device(s), torch threads "
-        f"{torch.get_num_threads()}")
+  print(
+      f"PaLM-block decoder: {args.layers} layers, d_model {args.d_model}, vocab {args.vocab}; "
+      f"batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens "
+      f"(total {total}); {jax.device_count()} CPU device(s), torch threads "
+      f"{torch.get_num_threads()}"
+  )
   print(f"greedy tokens identical to transformers: {same:.1%}")
   print(f"medpalm cached decoding   {work / t_cached:9.1f} tokens/s")
   print(f"medpalm full recompute    {work / t_recompute:9.1f} tokens/s")

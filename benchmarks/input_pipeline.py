@@ -8,9 +8,10 @@ demo's 56×56) and its feature lengths. Prints, in one run:
    converter, batched as training batches it;
 2. the tiny model's training consumption: examples/s of its train step on a cached in-memory
    batch, and with every step's batch pulled from the pipeline (one step in flight, as
-   `medpalm.train` runs), with the demo's `input_threads=1` and with tf.data autotuned. Target:
+   `medpalm.driver.train` runs), with the demo's `input_threads=1` and with tf.data autotuned. Target:
    step time with the real pipeline ≤ 1.1× the cached-batch step time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 
-from common import train_step_fn  # noqa: E402
-from medpalm import configs, data  # noqa: E402
+from common import RNG, init_state, train_step_fn  # noqa: E402
+from medpalm.models import configs  # noqa: E402
+from medpalm.driver import data
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models import medpalm_m  # noqa: E402
 
@@ -46,10 +48,17 @@ def main(argv=None):
   env = demo.prepare(pathlib.Path(args.output), num_examples=256)
   demo.register_tasks(env)
   from tasks import vocab
+
   vocabulary = vocab.get_vocabulary(env["MEDPALM_SPM_MODEL"])
-  cfg = data.DatasetConfig(mixture_or_task_name="multimedbench", task_feature_lengths=LENGTHS,
-                           split="train", batch_size=args.batch_size, shuffle=True, seed=0,
-                           input_threads=DEMO_INPUT_THREADS)
+  cfg = data.DatasetConfig(
+      mixture_or_task_name="multimedbench",
+      task_feature_lengths=LENGTHS,
+      split="train",
+      batch_size=args.batch_size,
+      shuffle=True,
+      seed=0,
+      input_threads=DEMO_INPUT_THREADS,
+  )
 
   def warm_batches(cfg):
     batches = data.get_dataset(cfg, 0, 1, MedPalmMModel.FEATURE_CONVERTER_CLS).as_numpy_iterator()
@@ -65,21 +74,26 @@ def main(argv=None):
 
   config = configs.get_config("tiny", image_size=demo.IMAGE_SIZE, vocab=vocabulary)
   batch = next(batches)
-  params = nn.meta.unbox(medpalm_m.MedPalmM(config).init(
-      jax.random.key(0), batch["decoder_input_tokens"][:1], images=batch["images"][:1],
-      image_mask=batch["image_mask"][:1]))["params"]
+  params = nn.meta.unbox(
+      medpalm_m.MedPalmM(config).init(
+          jax.random.key(0),
+          batch["decoder_input_tokens"][:1],
+          images=batch["images"][:1],
+          image_mask=batch["image_mask"][:1],
+      )
+  )["params"]
   optimizer = optax.adafactor(1e-3, momentum=0.9)
-  step = train_step_fn(config, optimizer)
-  state = [params, optimizer.init(params)]
+  step = train_step_fn(config)
+  state = [init_state(optimizer, params)]
 
   def train(get_batch) -> float:
-    """Seconds per step, the way `medpalm.train` runs them: the next batch is read while the
+    """Seconds per step, the way `medpalm.driver.train` runs them: the next batch is read while the
     step before it runs (one step in flight), so the two overlap where the machine allows."""
     start, in_flight = time.perf_counter(), None
     for _ in range(args.steps):
-      state[0], state[1], loss = step(state[0], state[1], get_batch())
+      state[0], metrics, _ = step(state[0], get_batch(), RNG)
       jax.block_until_ready(in_flight)
-      in_flight = loss
+      in_flight = metrics
     jax.block_until_ready(in_flight)
     return (time.perf_counter() - start) / args.steps
 
@@ -90,18 +104,28 @@ def main(argv=None):
   piped_autotuned = train(lambda: next(autotuned))
   cached_again = train(lambda: batch)  # brackets the piped runs against drift in machine load
   cached = min(cached, cached_again)
-  print(f"multimedbench mixture, demo lengths {LENGTHS}, batch {args.batch_size}, "
-        f"{demo.IMAGE_SIZE}² images; tiny model on {jax.device_count()} CPU device(s)")
+  print(
+      f"multimedbench mixture, demo lengths {LENGTHS}, batch {args.batch_size}, "
+      f"{demo.IMAGE_SIZE}² images; tiny model on {jax.device_count()} CPU device(s)"
+  )
   print(f"input pipeline alone           {pipeline_rate:8.1f} examples/s")
-  print(f"train step, cached batch       {args.batch_size / cached:8.1f} examples/s "
-        f"({cached * 1e3:.0f} ms/step)")
-  print(f"train step, pipeline batches   {args.batch_size / piped:8.1f} examples/s "
-        f"({piped * 1e3:.0f} ms/step; input_threads={DEMO_INPUT_THREADS}, as the demo)")
-  print(f"  same, tf.data autotuned       {args.batch_size / piped_autotuned:8.1f} examples/s "
-        f"({piped_autotuned * 1e3:.0f} ms/step; input_threads=None): "
-        f"{piped_autotuned / cached:.3f} x cached")
-  print(f"pipeline / consumption: {pipeline_rate / (args.batch_size / cached):.2f}x; step time "
-        f"with the pipeline / cached: {piped / cached:.3f} (target <= 1.1)")
+  print(
+      f"train step, cached batch       {args.batch_size / cached:8.1f} examples/s "
+      f"({cached * 1e3:.0f} ms/step)"
+  )
+  print(
+      f"train step, pipeline batches   {args.batch_size / piped:8.1f} examples/s "
+      f"({piped * 1e3:.0f} ms/step; input_threads={DEMO_INPUT_THREADS}, as the demo)"
+  )
+  print(
+      f"  same, tf.data autotuned       {args.batch_size / piped_autotuned:8.1f} examples/s "
+      f"({piped_autotuned * 1e3:.0f} ms/step; input_threads=None): "
+      f"{piped_autotuned / cached:.3f} x cached"
+  )
+  print(
+      f"pipeline / consumption: {pipeline_rate / (args.batch_size / cached):.2f}x; step time "
+      f"with the pipeline / cached: {piped / cached:.3f} (target <= 1.1)"
+  )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ cheap arithmetic for the memory traffic of storing every layer's softmax and MLP
 By default glibc is told to keep freed memory (`common.retain_freed_memory`); pass
 `--system_allocator` to measure without that.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,17 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 
-from common import (add_allocator_flag, apply_allocator_flag, best_time, matmul_peak,  # noqa: E402
-                    text_batch, train_step_fn)
-from medpalm import configs  # noqa: E402
+from common import (  # noqa: E402
+    RNG,
+    add_allocator_flag,
+    apply_allocator_flag,
+    best_time,
+    init_state,
+    matmul_peak,
+    text_batch,
+    train_step_fn,
+)
+from medpalm.models import configs  # noqa: E402
 from medpalm.models import medpalm_m  # noqa: E402
 from medpalm.models.blocks import unstack_layers  # noqa: E402
 
@@ -44,8 +53,11 @@ def blocks_unstacked(decoder_params: dict, layers: int) -> dict:
 def analytic_flops(c, batch: int, length: int) -> float:
   """Forward + backward FLOPs of the decoder's matmuls for one step (PaLM's MFU accounting)."""
   attn_width = c.num_heads * c.head_dim
-  per_layer = (2 * c.d_model * attn_width + 2 * c.d_model * c.num_kv_heads * c.head_dim
-               + (3 if c.gated_mlp else 2) * c.d_model * c.d_ff)
+  per_layer = (
+      2 * c.d_model * attn_width
+      + 2 * c.d_model * c.num_kv_heads * c.head_dim
+      + (3 if c.gated_mlp else 2) * c.d_model * c.d_ff
+  )
   matmul_params = c.num_layers * per_layer + c.vocab_size * c.d_model  # output logits matmul
   tokens = batch * length
   return 6 * matmul_params * tokens + 12 * c.num_layers * length * attn_width * tokens
@@ -54,35 +66,49 @@ def analytic_flops(c, batch: int, length: int) -> float:
 def build(args, remat: str, attention: str):
   """(config, params) of the benchmark decoder with the given remat policy and attention."""
   base = configs.get_config("tiny", dtype=args.dtype, remat_policy=remat, attention=attention)
-  decoder = dataclasses.replace(base.decoder, num_layers=args.layers, d_model=args.d_model,
-                                num_heads=args.d_model // 64, head_dim=64,
-                                d_ff=4 * args.d_model, vocab_size=args.vocab)
+  decoder = dataclasses.replace(
+      base.decoder,
+      num_layers=args.layers,
+      d_model=args.d_model,
+      num_heads=args.d_model // 64,
+      head_dim=64,
+      d_ff=4 * args.d_model,
+      vocab_size=args.vocab,
+  )
   config = dataclasses.replace(base, decoder=decoder, image_token_id=args.vocab - 1)
-  params = nn.meta.unbox(medpalm_m.MedPalmM(config).init(
-      jax.random.key(0), text_batch(1, 8, args.vocab)["decoder_input_tokens"]))["params"]
+  params = nn.meta.unbox(
+      medpalm_m.MedPalmM(config).init(
+          jax.random.key(0), text_batch(1, 8, args.vocab)["decoder_input_tokens"]
+      )
+  )["params"]
   return config, params
 
 
 def xla_flops(config, params, optimizer, batch, layers: int) -> float:
   """XLA's FLOP count of the step; it counts a loop body once, so this compiles (does not run)
   the unrolled twin."""
-  unrolled = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
-                                                                     scan_layers=False))
+  unrolled = dataclasses.replace(
+      config, decoder=dataclasses.replace(config.decoder, scan_layers=False)
+  )
   unrolled_params = {"decoder": blocks_unstacked(params["decoder"], layers)}
-  cost = train_step_fn(unrolled, optimizer).lower(
-      unrolled_params, optimizer.init(unrolled_params), batch).compile().cost_analysis()
+  cost = (
+      train_step_fn(unrolled)
+      .lower(init_state(optimizer, unrolled_params), batch, RNG)
+      .compile()
+      .cost_analysis()
+  )
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan")))
 
 
 def step_seconds(config, params, optimizer, batch) -> tuple[float, int]:
   """(best step time, bytes of XLA scratch space the step allocates per execution)."""
-  state = {"params": params, "opt": optimizer.init(params)}
-  step = train_step_fn(config, optimizer).lower(state["params"], state["opt"], batch).compile()
+  state = [init_state(optimizer, params)]
+  step = train_step_fn(config).lower(state[0], batch, RNG).compile()
 
   def run():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
-    jax.block_until_ready(loss)
+    state[0], metrics, _ = step(state[0], batch, RNG)
+    jax.block_until_ready(metrics)
 
   return best_time(run, repeats=3), step.memory_analysis().temp_size_in_bytes
 
@@ -100,37 +126,51 @@ def add_shape_args(parser) -> None:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_shape_args(parser)
-  parser.add_argument("--remat", default="none,dots",
-                      help="comma-separated remat policies, each measured in this run")
-  parser.add_argument("--attention", default="jax,recompute",
-                      help="comma-separated attention implementations, each measured")
+  parser.add_argument(
+      "--remat",
+      default="none,dots",
+      help="comma-separated remat policies, each measured in this run",
+  )
+  parser.add_argument(
+      "--attention",
+      default="jax,recompute",
+      help="comma-separated attention implementations, each measured",
+  )
   add_allocator_flag(parser)
   args = parser.parse_args(argv)
   retained = apply_allocator_flag(args)
 
   optimizer = optax.adafactor(1e-3, momentum=0.9)
   batch = text_batch(args.batch, args.length, args.vocab)
-  variants = [(remat, attention) for remat in args.remat.split(",")
-              for attention in args.attention.split(",")]
+  variants = [
+      (remat, attention)
+      for remat in args.remat.split(",")
+      for attention in args.attention.split(",")
+  ]
   config, params = build(args, "none", variants[0][1])  # no remat: XLA counts model FLOPs only
   n_params = sum(x.size for x in jax.tree.leaves(params))
   flops = analytic_flops(config.decoder, args.batch, args.length)
   counted = xla_flops(config, params, optimizer, batch, args.layers)
-  times = {variant: step_seconds(*build(args, *variant), optimizer, batch)
-           for variant in variants}
+  times = {variant: step_seconds(*build(args, *variant), optimizer, batch) for variant in variants}
   peak = matmul_peak(2048, jax.numpy.dtype(args.dtype))
 
-  print(f"decoder {n_params / 1e6:.1f}M parameters ({args.layers} layers, d_model "
-        f"{args.d_model}, vocab {args.vocab}), batch {args.batch} × {args.length} tokens, "
-        f"{args.dtype}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"{'freed memory retained' if retained else 'system allocator'}")
-  print(f"model FLOPs/step: analytic {flops:.3e}, XLA cost_analysis {counted:.3e} "
-        f"(ratio {counted / flops:.2f})")
+  print(
+      f"decoder {n_params / 1e6:.1f}M parameters ({args.layers} layers, d_model "
+      f"{args.d_model}, vocab {args.vocab}), batch {args.batch} × {args.length} tokens, "
+      f"{args.dtype}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{'freed memory retained' if retained else 'system allocator'}"
+  )
+  print(
+      f"model FLOPs/step: analytic {flops:.3e}, XLA cost_analysis {counted:.3e} "
+      f"(ratio {counted / flops:.2f})"
+  )
   print(f"matmul peak {peak / 1e9:.1f} GFLOP/s")
   for (remat, attention), (seconds, scratch) in times.items():
-    print(f"remat {remat:>5}, attention {attention:>9}: step {seconds * 1e3:7.1f} ms -> "
-          f"{flops / seconds / 1e9:6.1f} GFLOP/s, MFU = {flops / seconds / peak:.1%} of the "
-          f"in-process matmul peak; XLA scratch {scratch / 2**30:.2f} GiB per step")
+    print(
+        f"remat {remat:>5}, attention {attention:>9}: step {seconds * 1e3:7.1f} ms -> "
+        f"{flops / seconds / 1e9:6.1f} GFLOP/s, MFU = {flops / seconds / peak:.1%} of the "
+        f"in-process matmul peak; XLA scratch {scratch / 2**30:.2f} GiB per step"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ process while steps run (compilation is not in the profile) and prints the share
 per binary (GEMM kernels live in libjax_common.so, XLA's generated elementwise code shows up as
 JIT, page faults and zero-filling as the kernel) and the top symbols. Needs Linux `perf`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from common import (add_allocator_flag, apply_allocator_flag, text_batch,  # noqa: E402
-                    train_step_fn)
+from common import (  # noqa: E402
+    RNG,
+    add_allocator_flag,
+    apply_allocator_flag,
+    init_state,
+    text_batch,
+    train_step_fn,
+)
 import mfu  # noqa: E402
 
 
@@ -42,35 +49,68 @@ def main(argv=None):
   apply_allocator_flag(args)
   config, params = mfu.build(args, args.remat, args.attention)
   optimizer = optax.adafactor(1e-3, momentum=0.9)
-  step = train_step_fn(config, optimizer)
-  state = [params, optimizer.init(params)]
+  step = train_step_fn(config)
+  state = [init_state(optimizer, params)]
   batch = text_batch(args.batch, args.length, args.vocab)
 
   def run():
-    state[0], state[1], loss = step(state[0], state[1], batch)
-    jax.block_until_ready(loss)
+    state[0], metrics, _ = step(state[0], batch, RNG)
+    jax.block_until_ready(metrics)
 
   run()
   run()  # compiled and warm
   with tempfile.TemporaryDirectory() as tmp:
     data = os.path.join(tmp, "perf.data")
-    recorder = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(os.getpid()),
-                                 "-o", data, "--", "sleep", str(args.seconds)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recorder = subprocess.Popen(
+        [
+            "perf",
+            "record",
+            "-F",
+            "999",
+            "-g",
+            "-p",
+            str(os.getpid()),
+            "-o",
+            data,
+            "--",
+            "sleep",
+            str(args.seconds),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     steps, start = 0, time.perf_counter()
     while recorder.poll() is None:
       run()
       steps += 1
     recorder.wait()
-    print(f"remat {args.remat}, attention {args.attention}, "
-          f"{'system allocator' if args.system_allocator else 'freed memory retained'}: "
-          f"{steps} steps, {(time.perf_counter() - start) / max(steps, 1) * 1e3:.0f} ms/step")
+    print(
+        f"remat {args.remat}, attention {args.attention}, "
+        f"{'system allocator' if args.system_allocator else 'freed memory retained'}: "
+        f"{steps} steps, {(time.perf_counter() - start) / max(steps, 1) * 1e3:.0f} ms/step"
+    )
     for sort, rows in (("dso", 6), ("sym", 12)):
-      report = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
-                               "--sort", sort, "--percent-limit", "0.5"],
-                              capture_output=True, text=True, check=True).stdout
-      lines = [line[:120] for line in report.splitlines() if "%" in line and
-               not line.startswith("#")]
+      report = subprocess.run(
+          [
+              "perf",
+              "report",
+              "-i",
+              data,
+              "--no-children",
+              "-g",
+              "none",
+              "--sort",
+              sort,
+              "--percent-limit",
+              "0.5",
+          ],
+          capture_output=True,
+          text=True,
+          check=True,
+      ).stdout
+      lines = [
+          line[:120] for line in report.splitlines() if "%" in line and not line.startswith("#")
+      ]
       print(f"-- samples by {sort}:")
       print("\n".join(lines[:rows]))
 

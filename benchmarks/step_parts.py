@@ -10,6 +10,7 @@ Each line times two ways of computing the same value and gradient, in this proce
   medpalm does not use: it is faster here, but it raised the 84b train step's TPU temporaries
   by 4.9 GiB per chip (docs/PERFORMANCE.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import best_time, retain_freed_memory  # noqa: E402
-from medpalm.model import cross_entropy_with_logits  # noqa: E402
+from medpalm.losses import cross_entropy_with_logits  # noqa: E402
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -55,8 +56,10 @@ def timed_grad(fn, *args) -> float:
 
 def compare(label: str, slow, fast, *args) -> None:
   slow_s, fast_s = timed_grad(slow, *args), timed_grad(fast, *args)
-  print(f"{label}: {slow_s * 1e3:.1f} ms vs {fast_s * 1e3:.1f} ms "
-        f"-> {slow_s / fast_s:.2f}x faster")
+  print(
+      f"{label}: {slow_s * 1e3:.1f} ms vs {fast_s * 1e3:.1f} ms "
+      f"-> {slow_s / fast_s:.2f}x faster"
+  )
 
 
 def main():
@@ -72,10 +75,14 @@ def main():
   targets = jnp.asarray(rng.integers(0, 16384, (4, 512)), jnp.int32)
   ours = lambda logits: cross_entropy_with_logits(logits, targets, 1e-4)[0]
   written_out = lambda logits: written_out_cross_entropy(logits, targets, 1e-4)
-  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(ours(x)))(logits),
-                             jax.grad(lambda x: jnp.sum(written_out(x)))(logits), atol=1e-6)
-  compare("cross-entropy fwd+bwd, medpalm (autodiff) vs written-out gradient", ours,
-          written_out, logits)
+  np.testing.assert_allclose(
+      jax.grad(lambda x: jnp.sum(ours(x)))(logits),
+      jax.grad(lambda x: jnp.sum(written_out(x)))(logits),
+      atol=1e-6,
+  )
+  compare(
+      "cross-entropy fwd+bwd, medpalm (autodiff) vs written-out gradient", ours, written_out, logits
+  )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ medpalm is timed once per remat policy in `--remat` (`dots` recomputes elementwi
 backward pass, the faster choice on a CPU; the matmuls and so the work are the same). The glibc
 setting of `common.retain_freed_memory` is process-wide, so it applies to both sides.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ import seqio  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from common import (add_allocator_flag, apply_allocator_flag, best_time,  # noqa: E402
-                    train_step)
+from common import (  # noqa: E402
+    RNG,
+    add_allocator_flag,
+    apply_allocator_flag,
+    best_time,
+    init_state,
+    loss_of,
+    train_step,
+)
 from medpalm import convert  # noqa: E402
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
@@ -45,8 +53,11 @@ def main(argv=None):
   parser.add_argument("--layers", type=int, default=6)
   parser.add_argument("--d_model", type=int, default=512)
   parser.add_argument("--vocab", type=int, default=16384)
-  parser.add_argument("--remat", default="none,dots",
-                      help="comma-separated remat policies for medpalm, each measured")
+  parser.add_argument(
+      "--remat",
+      default="none,dots",
+      help="comma-separated remat policies for medpalm, each measured",
+  )
   add_allocator_flag(parser)
   args = parser.parse_args(argv)
   retained = apply_allocator_flag(args)
@@ -54,13 +65,26 @@ def main(argv=None):
   torch.manual_seed(0)
 
   config = transformers.PaliGemmaConfig(
-      vision_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=4, image_size=224, patch_size=14),
-      text_config=dict(vocab_size=args.vocab, hidden_size=args.d_model,
-                       intermediate_size=4 * args.d_model, num_hidden_layers=args.layers,
-                       num_attention_heads=args.d_model // 64, head_dim=64,
-                       num_key_value_heads=1),
-      image_token_index=args.vocab - 1, projection_dim=args.d_model)
+      vision_config=dict(
+          hidden_size=256,
+          intermediate_size=1024,
+          num_hidden_layers=4,
+          num_attention_heads=4,
+          image_size=224,
+          patch_size=14,
+      ),
+      text_config=dict(
+          vocab_size=args.vocab,
+          hidden_size=args.d_model,
+          intermediate_size=4 * args.d_model,
+          num_hidden_layers=args.layers,
+          num_attention_heads=args.d_model // 64,
+          head_dim=64,
+          num_key_value_heads=1,
+      ),
+      image_token_index=args.vocab - 1,
+      projection_dim=args.d_model,
+  )
   reference = transformers.PaliGemmaForConditionalGeneration(config).train()
   with tempfile.TemporaryDirectory() as path:
     reference.save_pretrained(path)
@@ -75,41 +99,50 @@ def main(argv=None):
   images = rng.integers(0, 256, (args.batch, 224, 224, 3), dtype=np.uint8)
   targets = np.roll(tokens, -1, axis=1)
   weights = np.zeros((args.batch, length), np.float32)
-  weights[:, prefix - 1:length - 1] = 1  # predict every suffix token
+  weights[:, prefix - 1 : length - 1] = 1  # predict every suffix token
   causal = np.zeros((args.batch, length), np.int32)
   causal[:, :prefix] = 1
-  batch = {"decoder_input_tokens": jnp.asarray(tokens, jnp.int32),
-           "decoder_target_tokens": jnp.asarray(targets, jnp.int32),
-           "decoder_loss_weights": jnp.asarray(weights),
-           "decoder_causal_attention": jnp.asarray(causal),
-           "images": jnp.asarray(images)[:, None], "image_mask": jnp.ones((args.batch, 1), bool)}
+  batch = {
+      "decoder_input_tokens": jnp.asarray(tokens, jnp.int32),
+      "decoder_target_tokens": jnp.asarray(targets, jnp.int32),
+      "decoder_loss_weights": jnp.asarray(weights),
+      "decoder_causal_attention": jnp.asarray(causal),
+      "images": jnp.asarray(images)[:, None],
+      "image_mask": jnp.ones((args.batch, 1), bool),
+  }
 
   optimizer = optax.adamw(1e-4)
 
   def ours_with(remat: str):
     """medpalm's step with `remat` in both towers (recomputation is extra work for us only)."""
     tower = lambda c: dataclasses.replace(c, remat_policy=remat)
-    config = dataclasses.replace(ours_config, vision=tower(ours_config.vision),
-                                 decoder=tower(ours_config.decoder))
-    model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(args.vocab, 1),
-                          z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
-                          prefix_bidirectional=True)
-    step = train_step(model, optimizer)
-    state = {"params": jax.tree.map(jnp.copy, params)}
-    state["opt"] = optimizer.init(state["params"])
+    config = dataclasses.replace(
+        ours_config, vision=tower(ours_config.vision), decoder=tower(ours_config.decoder)
+    )
+    model = MedPalmMModel(
+        MedPalmM(config),
+        seqio.PassThroughVocabulary(args.vocab, 1),
+        z_loss=0.0,
+        loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+        prefix_bidirectional=True,
+    )
+    step = train_step(model)
+    state = [init_state(optimizer, jax.tree.map(jnp.copy, params))]
 
     def ours():
-      state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
-      return float(loss)
+      state[0], metrics, _ = step(state[0], batch, RNG)
+      return loss_of(metrics)
 
     return ours
 
   torch_opt = torch.optim.AdamW(reference.parameters(), lr=1e-4)
   labels = torch.tensor(np.where(causal == 1, -100, tokens), dtype=torch.long)
-  torch_inputs = dict(input_ids=torch.tensor(tokens), labels=labels,
-                      pixel_values=torch.tensor(images.astype(np.float32) / 127.5 - 1).permute(
-                          0, 3, 1, 2),
-                      token_type_ids=torch.tensor(1 - causal, dtype=torch.long))
+  torch_inputs = dict(
+      input_ids=torch.tensor(tokens),
+      labels=labels,
+      pixel_values=torch.tensor(images.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2),
+      token_type_ids=torch.tensor(1 - causal, dtype=torch.long),
+  )
 
   def theirs():
     torch_opt.zero_grad()
@@ -124,17 +157,23 @@ def main(argv=None):
   t_ours = {remat: best_time(f) for remat, f in ours.items()}
   t_theirs = best_time(theirs)
   work = args.batch * length
-  print(f"PaliGemma architecture: SigLIP 4×256 at 224² ({m} image tokens) + Gemma "
-        f"{args.layers}×{args.d_model}, vocab {args.vocab}; batch {args.batch} × {length} "
-        f"positions; AdamW; {jax.device_count()} CPU device(s), torch threads "
-        f"{torch.get_num_threads()}; "
-        f"{'freed memory retained' if retained else 'system allocator'} (both sides)")
-  print(f"first-step loss: transformers {first_theirs:.5f}, medpalm " +
-        ", ".join(f"{loss:.5f} (remat {remat})" for remat, loss in first_ours.items()))
+  print(
+      f"PaliGemma architecture: SigLIP 4×256 at 224² ({m} image tokens) + Gemma "
+      f"{args.layers}×{args.d_model}, vocab {args.vocab}; batch {args.batch} × {length} "
+      f"positions; AdamW; {jax.device_count()} CPU device(s), torch threads "
+      f"{torch.get_num_threads()}; "
+      f"{'freed memory retained' if retained else 'system allocator'} (both sides)"
+  )
+  print(
+      f"first-step loss: transformers {first_theirs:.5f}, medpalm "
+      + ", ".join(f"{loss:.5f} (remat {remat})" for remat, loss in first_ours.items())
+  )
   print(f"transformers             {work / t_theirs:9.1f} tokens/s ({t_theirs * 1e3:.0f} ms/step)")
   for remat, seconds in t_ours.items():
-    print(f"medpalm, remat {remat:>5}    {work / seconds:9.1f} tokens/s ({seconds * 1e3:.0f} "
-          f"ms/step): {t_theirs / seconds:.2f}x transformers (target >= 1.5x)")
+    print(
+        f"medpalm, remat {remat:>5}    {work / seconds:9.1f} tokens/s ({seconds * 1e3:.0f} "
+        f"ms/step): {t_theirs / seconds:.2f}x transformers (target >= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

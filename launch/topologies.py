@@ -11,6 +11,7 @@ the devices are abstract, good for compiling, never for running.
 Per-chip figures (HBM, peak dense bf16 FLOP/s) are the published ones; they turn compiled bytes
 into "fits or not" and model FLOPs into the utilisation a step time needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,19 +19,20 @@ import math
 import os
 import re
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
   """One TPU generation: its name in the topology API, chip config, and per-chip figures."""
-  api_name: str           # prefix of `topology_name` ("v5e", "v4", "v5" for v5p, "v6e")
-  chip_config: str        # "default" (one core per chip) or "megacore" (two cores as one device)
-  cores_per_chip: int     # how Cloud TPU slice names count (v4-8 = 4 chips)
-  dims: int               # 2-D (v5e, v6e) or 3-D (v4, v5p) torus
-  hbm_bytes: int          # per chip
+
+  api_name: str  # prefix of `topology_name` ("v5e", "v4", "v5" for v5p, "v6e")
+  chip_config: str  # "default" (one core per chip) or "megacore" (two cores as one device)
+  cores_per_chip: int  # how Cloud TPU slice names count (v4-8 = 4 chips)
+  dims: int  # 2-D (v5e, v6e) or 3-D (v4, v5p) torus
+  hbm_bytes: int  # per chip
   peak_bf16_flops: float  # per chip, dense
-  accelerator_type: str   # what libtpu expects in TPU_ACCELERATOR_TYPE for a 4-chip slice
+  accelerator_type: str  # what libtpu expects in TPU_ACCELERATOR_TYPE for a 4-chip slice
 
 
 GENERATIONS: dict[str, Generation] = {
@@ -46,6 +48,7 @@ _BY_API_NAME = {g.api_name: name for name, g in GENERATIONS.items()}
 class Topology:
   """A slice: `get_topology_desc(platform="tpu", topology_name=..., chip_config_name=...,
   chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=...)` gives its `num_chips` devices."""
+
   name: str
   generation: str
   shape: tuple[int, ...]  # chips along each torus axis
@@ -71,21 +74,41 @@ class Topology:
 
 # Cloud TPU slice shapes (chips per axis) for the names people ask for.
 _SHAPES: dict[str, dict[int, tuple[int, ...]]] = {
-    "v5e": {4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
-            256: (16, 16)},
-    "v6e": {4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
-            256: (16, 16)},
-    "v4": {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
-           128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16),
-           2048: (8, 16, 16), 4096: (16, 16, 16)},
-    "v5p": {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
-            128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16),
-            2048: (8, 16, 16), 4096: (16, 16, 16)},
+    "v5e": {4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)},
+    "v6e": {4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)},
+    "v4": {
+        4: (2, 2, 1),
+        8: (2, 2, 2),
+        16: (2, 2, 4),
+        32: (2, 4, 4),
+        64: (4, 4, 4),
+        128: (4, 4, 8),
+        256: (4, 8, 8),
+        512: (8, 8, 8),
+        1024: (8, 8, 16),
+        2048: (8, 16, 16),
+        4096: (16, 16, 16),
+    },
+    "v5p": {
+        4: (2, 2, 1),
+        8: (2, 2, 2),
+        16: (2, 2, 4),
+        32: (2, 4, 4),
+        64: (4, 4, 4),
+        128: (4, 4, 8),
+        256: (4, 8, 8),
+        512: (8, 8, 8),
+        1024: (8, 8, 16),
+        2048: (8, 16, 16),
+        4096: (16, 16, 16),
+    },
 }
 TOPOLOGIES: dict[str, Topology] = {
     f"{gen}-{chips * GENERATIONS[gen].cores_per_chip}": Topology(
-        f"{gen}-{chips * GENERATIONS[gen].cores_per_chip}", gen, shape)
-    for gen, shapes in _SHAPES.items() for chips, shape in shapes.items()
+        f"{gen}-{chips * GENERATIONS[gen].cores_per_chip}", gen, shape
+    )
+    for gen, shapes in _SHAPES.items()
+    for chips, shape in shapes.items()
 }
 
 
@@ -98,12 +121,16 @@ def get_topology(name: str) -> Topology:
     api, shape = match.group(1), tuple(int(s) for s in match.group(2).split("x"))
     generation = "v5p" if api in ("v5", "v5p") else _BY_API_NAME[api]
     if len(shape) != GENERATIONS[generation].dims:
-      raise ValueError(f"topology {name!r}: {generation} slices are "
-                       f"{GENERATIONS[generation].dims}-D, got shape {shape}")
+      raise ValueError(
+          f"topology {name!r}: {generation} slices are "
+          f"{GENERATIONS[generation].dims}-D, got shape {shape}"
+      )
     return Topology(name, generation, shape)
-  raise ValueError(f"unknown topology {name!r}; use a Cloud TPU slice name "
-                   f"({', '.join(TOPOLOGIES)}) or the topology API's form, e.g. v5e:2x2, "
-                   f"v4:2x2x1, v5:4x8x8, v6e:4x4")
+  raise ValueError(
+      f"unknown topology {name!r}; use a Cloud TPU slice name "
+      f"({', '.join(TOPOLOGIES)}) or the topology API's form, e.g. v5e:2x2, "
+      f"v4:2x2x1, v5:4x8x8, v6e:4x4"
+  )
 
 
 def tpu_devices(topology: Topology) -> list:
@@ -125,25 +152,33 @@ def tpu_devices(topology: Topology) -> list:
     raise RuntimeError("jax.experimental.topologies is missing from this jax") from e
   try:
     description = topologies.get_topology_desc(
-        platform="tpu", topology_name=topology.topology_name,
-        chip_config_name=topology.gen.chip_config, chips_per_host_bounds=(2, 2, 1),
-        num_slices=1, wrap=topology.wrap)
+        platform="tpu",
+        topology_name=topology.topology_name,
+        chip_config_name=topology.gen.chip_config,
+        chips_per_host_bounds=(2, 2, 1),
+        num_slices=1,
+        wrap=topology.wrap,
+    )
   except Exception as e:  # libtpu missing or unable to build this slice
     raise RuntimeError(
         f"cannot build TPU topology {topology.topology_name} ({topology.name}): {e}. "
-        f"Compiling for TPU on a CPU host needs libtpu: pip install -e '.[tpu]'") from e
+        f"Compiling for TPU on a CPU host needs libtpu: pip install -e '.[tpu]'"
+    ) from e
   devices = list(description.devices)
   if len(devices) != topology.num_chips:
-    raise RuntimeError(f"topology {topology.name} gave {len(devices)} devices, expected "
-                       f"{topology.num_chips}")
+    raise RuntimeError(
+        f"topology {topology.name} gave {len(devices)} devices, expected " f"{topology.num_chips}"
+    )
   return devices
 
 
 def main() -> None:
   print(f"{'slice':<10} {'topology_name':<14} {'chips':>5} {'HBM/chip':>9} {'bf16 TF/chip':>12}")
   for t in TOPOLOGIES.values():
-    print(f"{t.name:<10} {t.topology_name:<14} {t.num_chips:>5} "
-          f"{t.gen.hbm_bytes / GIB:>7.0f} G {t.gen.peak_bf16_flops / 1e12:>12.0f}")
+    print(
+        f"{t.name:<10} {t.topology_name:<14} {t.num_chips:>5} "
+        f"{t.gen.hbm_bytes / GIB:>7.0f} G {t.gen.peak_bf16_flops / 1e12:>12.0f}"
+    )
 
 
 if __name__ == "__main__":

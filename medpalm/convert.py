@@ -14,6 +14,7 @@ implies, the first misfit raises a ValueError naming it, and tensors left unused
 Parameters come out in the scanned layout (a leading `layers` axis) unless the config says
 `scan_layers=False`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,15 +25,21 @@ import pathlib
 import numpy as np
 from safetensors.numpy import load_file
 
-from medpalm.configs import DecoderConfig, MedPalmMConfig, VisionConfig
+from medpalm.models.configs import DecoderConfig, MedPalmMConfig, VisionConfig
 
-_ACT = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu",
-        "silu": "silu", "swish": "silu"}
+_ACT = {
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+}
 
 
 @dataclasses.dataclass
 class ImportReport:
   """What an import used and left over (e.g. SigLIP's unused MAP head)."""
+
   source: str
   used: list[str]
   unused: list[str]
@@ -43,7 +50,7 @@ class Tensors:
 
   def __init__(self, path: str | pathlib.Path):
     self.path = pathlib.Path(path)
-    files = ([self.path] if self.path.is_file() else sorted(self.path.glob("*.safetensors")))
+    files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.safetensors"))
     if not files:
       raise ValueError(f"{self.path}: no *.safetensors files")
     self.tensors: dict[str, np.ndarray] = {}
@@ -56,16 +63,19 @@ class Tensors:
     for prefix in candidates:
       if prefix + probe in self.tensors:
         return prefix
-    raise ValueError(f"{self.path}: no tensor {probe!r} under any of the prefixes {candidates}; "
-                     f"first tensors: {sorted(self.tensors)[:5]}")
+    raise ValueError(
+        f"{self.path}: no tensor {probe!r} under any of the prefixes {candidates}; "
+        f"first tensors: {sorted(self.tensors)[:5]}"
+    )
 
   def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in self.tensors:
       raise ValueError(f"{self.path}: tensor {name!r} is missing (expected shape {shape})")
     t = np.asarray(self.tensors[name], dtype=np.float32)
     if t.shape != tuple(shape):
-      raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, the config implies "
-                       f"{tuple(shape)}")
+      raise ValueError(
+          f"{self.path}: tensor {name!r} has shape {t.shape}, the config implies " f"{tuple(shape)}"
+      )
     self.used.append(name)
     return t
 
@@ -84,8 +94,10 @@ def read_config(path: str | pathlib.Path, expected: tuple[str, ...]) -> dict:
   config = json.loads(file.read_text())
   kind = config.get("model_type")
   if kind not in expected:
-    raise ValueError(f"{path} holds a {kind!r} checkpoint ({config.get('architectures')}); this "
-                     f"importer expects model_type {' or '.join(map(repr, expected))}")
+    raise ValueError(
+        f"{path} holds a {kind!r} checkpoint ({config.get('architectures')}); this "
+        f"importer expects model_type {' or '.join(map(repr, expected))}"
+    )
   return config
 
 
@@ -102,53 +114,86 @@ def _activation(hf: dict, key: str = "hidden_act") -> str:
 
 def _require_tied(hf: dict) -> None:
   if not hf.get("tie_word_embeddings", True):
-    raise ValueError("untied input/output embeddings are not supported: medpalm shares them "
-                     "(PaLM)")
+    raise ValueError(
+        "untied input/output embeddings are not supported: medpalm shares them " "(PaLM)"
+    )
 
 
 # --- configs from config.json ---------------------------------------------------------------
 
+
 def vision_config_from_hf(hf: dict) -> VisionConfig:
   heads = hf["num_attention_heads"]
   return VisionConfig(
-      num_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"], num_heads=heads,
-      head_dim=hf["hidden_size"] // heads, d_ff=hf["intermediate_size"], num_kv_heads=heads,
-      parallel_block=False, gated_mlp=False, mlp_activation=_activation(hf), use_bias=True,
-      norm_epsilon=hf.get("layer_norm_eps", 1e-6), image_size=hf["image_size"],
-      patch_size=hf["patch_size"], final_norm=True)
+      num_layers=hf["num_hidden_layers"],
+      d_model=hf["hidden_size"],
+      num_heads=heads,
+      head_dim=hf["hidden_size"] // heads,
+      d_ff=hf["intermediate_size"],
+      num_kv_heads=heads,
+      parallel_block=False,
+      gated_mlp=False,
+      mlp_activation=_activation(hf),
+      use_bias=True,
+      norm_epsilon=hf.get("layer_norm_eps", 1e-6),
+      image_size=hf["image_size"],
+      patch_size=hf["patch_size"],
+      final_norm=True,
+  )
 
 
 def gemma_config_from_hf(hf: dict) -> DecoderConfig:
   _require_tied(hf)
   act = "gelu_tanh" if _activation(hf) == "gelu" else _activation(hf)  # legacy Gemma "gelu"
   return DecoderConfig(
-      num_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      d_model=hf["hidden_size"],
       num_heads=hf["num_attention_heads"],
       head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-      d_ff=hf["intermediate_size"], num_kv_heads=hf["num_key_value_heads"],
-      parallel_block=False, gated_mlp=True, mlp_activation=act,
-      use_bias=bool(hf.get("attention_bias", False)), norm="rmsnorm",
-      norm_epsilon=hf.get("rms_norm_eps", 1e-6), norm_scale_plus_one=True,
-      vocab_size=hf["vocab_size"], rope_base=_rope_base(hf), scale_embeddings=True,
-      logits_scale=1.0)
+      d_ff=hf["intermediate_size"],
+      num_kv_heads=hf["num_key_value_heads"],
+      parallel_block=False,
+      gated_mlp=True,
+      mlp_activation=act,
+      use_bias=bool(hf.get("attention_bias", False)),
+      norm="rmsnorm",
+      norm_epsilon=hf.get("rms_norm_eps", 1e-6),
+      norm_scale_plus_one=True,
+      vocab_size=hf["vocab_size"],
+      rope_base=_rope_base(hf),
+      scale_embeddings=True,
+      logits_scale=1.0,
+  )
 
 
 def cohere_config_from_hf(hf: dict) -> DecoderConfig:
   _require_tied(hf)
   if hf.get("use_qk_norm") or hf.get("attention_bias"):
-    raise ValueError("Cohere checkpoints with QK norm or attention biases are not PaLM blocks "
-                     "and are not supported")
+    raise ValueError(
+        "Cohere checkpoints with QK norm or attention biases are not PaLM blocks "
+        "and are not supported"
+    )
   return DecoderConfig(
-      num_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      d_model=hf["hidden_size"],
       num_heads=hf["num_attention_heads"],
       head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-      d_ff=hf["intermediate_size"], num_kv_heads=hf["num_key_value_heads"],
-      parallel_block=True, gated_mlp=True, mlp_activation=_activation(hf), use_bias=False,
-      norm="layernorm", norm_epsilon=hf.get("layer_norm_eps", 1e-5),
-      vocab_size=hf["vocab_size"], rope_base=_rope_base(hf), logits_scale=hf["logit_scale"])
+      d_ff=hf["intermediate_size"],
+      num_kv_heads=hf["num_key_value_heads"],
+      parallel_block=True,
+      gated_mlp=True,
+      mlp_activation=_activation(hf),
+      use_bias=False,
+      norm="layernorm",
+      norm_epsilon=hf.get("layer_norm_eps", 1e-5),
+      vocab_size=hf["vocab_size"],
+      rope_base=_rope_base(hf),
+      logits_scale=hf["logit_scale"],
+  )
 
 
 # --- tensors -> parameter trees --------------------------------------------------------------
+
 
 def _linear(t: Tensors, name: str, d_in: int, out_shape: tuple[int, ...]) -> np.ndarray:
   """HF Linear weight [out, in] -> our kernel [in, *out_shape]."""
@@ -163,15 +208,18 @@ def _out_linear(t: Tensors, name: str, in_shape: tuple[int, ...], d_out: int) ->
 def _stack(layers: list[dict], scan: bool) -> dict:
   if scan:
     import jax  # Local: tree stacking only.
+
     return {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
   return {f"layers_{i}": layer for i, layer in enumerate(layers)}
 
 
 def _attention(t: Tensors, p: str, c, bias: bool, qk_perm: np.ndarray | None = None) -> dict:
   heads, kv, k, d = c.num_heads, c.num_kv_heads, c.head_dim, c.d_model
-  out = {"query": {"kernel": _linear(t, p + "q_proj.weight", d, (heads, k))},
-         "key": {"kernel": _linear(t, p + "k_proj.weight", d, (kv, k))},
-         "value": {"kernel": _linear(t, p + "v_proj.weight", d, (kv, k))}}
+  out = {
+      "query": {"kernel": _linear(t, p + "q_proj.weight", d, (heads, k))},
+      "key": {"kernel": _linear(t, p + "k_proj.weight", d, (kv, k))},
+      "value": {"kernel": _linear(t, p + "v_proj.weight", d, (kv, k))},
+  }
   o_name = p + ("out_proj" if p + "out_proj.weight" in t.tensors else "o_proj")
   out["out"] = {"kernel": _out_linear(t, o_name + ".weight", (heads, k), d)}
   if bias:
@@ -199,21 +247,30 @@ def siglip_params(t: Tensors, prefix: str, c: VisionConfig) -> dict:
   layers = []
   for i in range(c.num_layers):
     lp = f"{prefix}encoder.layers.{i}."
-    layers.append({
-        "pre_attention_norm": _norm(t, lp + "layer_norm1", d, True),
-        "pre_mlp_norm": _norm(t, lp + "layer_norm2", d, True),
-        "attention": _attention(t, lp + "self_attn.", c, bias=True),
-        "mlp": {"wi": {"kernel": _linear(t, lp + "mlp.fc1.weight", d, (c.d_ff,)),
-                       "bias": t.take(lp + "mlp.fc1.bias", (c.d_ff,))},
-                "wo": {"kernel": _out_linear(t, lp + "mlp.fc2.weight", (c.d_ff,), d),
-                       "bias": t.take(lp + "mlp.fc2.bias", (d,))}},
-    })
+    layers.append(
+        {
+            "pre_attention_norm": _norm(t, lp + "layer_norm1", d, True),
+            "pre_mlp_norm": _norm(t, lp + "layer_norm2", d, True),
+            "attention": _attention(t, lp + "self_attn.", c, bias=True),
+            "mlp": {
+                "wi": {
+                    "kernel": _linear(t, lp + "mlp.fc1.weight", d, (c.d_ff,)),
+                    "bias": t.take(lp + "mlp.fc1.bias", (c.d_ff,)),
+                },
+                "wo": {
+                    "kernel": _out_linear(t, lp + "mlp.fc2.weight", (c.d_ff,), d),
+                    "bias": t.take(lp + "mlp.fc2.bias", (d,)),
+                },
+            },
+        }
+    )
   return {
       # Conv [out, c, kh, kw] -> [kh·kw·c, out], matching `vit.patchify`'s pixel order.
-      "patch_embedding": {"kernel": conv.transpose(2, 3, 1, 0).reshape(p * p * 3, d),
-                          "bias": t.take(prefix + "embeddings.patch_embedding.bias", (d,))},
-      "pos_embedding": t.take(prefix + "embeddings.position_embedding.weight",
-                              (c.num_tokens, d)),
+      "patch_embedding": {
+          "kernel": conv.transpose(2, 3, 1, 0).reshape(p * p * 3, d),
+          "bias": t.take(prefix + "embeddings.patch_embedding.bias", (d,)),
+      },
+      "pos_embedding": t.take(prefix + "embeddings.position_embedding.weight", (c.num_tokens, d)),
       "encoder": _stack(layers, c.scan_layers),
       "final_norm": _norm(t, prefix + "post_layernorm", d, True),
   }
@@ -224,20 +281,25 @@ def _decoder_params(t: Tensors, prefix: str, c: DecoderConfig, qk_perm=None) -> 
   layers = []
   for i in range(c.num_layers):
     lp = f"{prefix}layers.{i}."
-    layer = {"attention": _attention(t, lp + "self_attn.", c, bias=False, qk_perm=qk_perm),
-             "mlp": {"wi_0": {"kernel": _linear(t, lp + "mlp.gate_proj.weight", d, (c.d_ff,))},
-                     "wi_1": {"kernel": _linear(t, lp + "mlp.up_proj.weight", d, (c.d_ff,))},
-                     "wo": {"kernel": _out_linear(t, lp + "mlp.down_proj.weight", (c.d_ff,),
-                                                  d)}}}
+    layer = {
+        "attention": _attention(t, lp + "self_attn.", c, bias=False, qk_perm=qk_perm),
+        "mlp": {
+            "wi_0": {"kernel": _linear(t, lp + "mlp.gate_proj.weight", d, (c.d_ff,))},
+            "wi_1": {"kernel": _linear(t, lp + "mlp.up_proj.weight", d, (c.d_ff,))},
+            "wo": {"kernel": _out_linear(t, lp + "mlp.down_proj.weight", (c.d_ff,), d)},
+        },
+    }
     if c.parallel_block:
       layer["pre_norm"] = _norm(t, lp + "input_layernorm", d, False)
     else:
       layer["pre_attention_norm"] = _norm(t, lp + "input_layernorm", d, False)
       layer["pre_mlp_norm"] = _norm(t, lp + "post_attention_layernorm", d, False)
     layers.append(layer)
-  return {"embedding": t.take(prefix + "embed_tokens.weight", (c.vocab_size, d)),
-          "final_norm": _norm(t, prefix + "norm", d, False),
-          "stack": _stack(layers, c.scan_layers)}
+  return {
+      "embedding": t.take(prefix + "embed_tokens.weight", (c.vocab_size, d)),
+      "final_norm": _norm(t, prefix + "norm", d, False),
+      "stack": _stack(layers, c.scan_layers),
+  }
 
 
 def interleaved_to_half_split(head_dim: int) -> np.ndarray:
@@ -248,13 +310,15 @@ def interleaved_to_half_split(head_dim: int) -> np.ndarray:
 
 # --- public importers ------------------------------------------------------------------------
 
+
 def import_siglip(path, **runtime) -> tuple[VisionConfig, dict, ImportReport]:
   hf = read_config(path, ("siglip_vision_model", "siglip"))
   hf = hf.get("vision_config", hf)
   config = dataclasses.replace(vision_config_from_hf(hf), **runtime)
   t = Tensors(path)
-  prefix = t.find_prefix(["vision_model.", "", "vision_model.vision_model."],
-                         "embeddings.patch_embedding.weight")
+  prefix = t.find_prefix(
+      ["vision_model.", "", "vision_model.vision_model."], "embeddings.patch_embedding.weight"
+  )
   return config, siglip_params(t, prefix, config), t.report()
 
 
@@ -280,20 +344,32 @@ def import_paligemma(path, **runtime) -> tuple[MedPalmMConfig, dict, ImportRepor
   vision = dataclasses.replace(vision_config_from_hf(hf["vision_config"]), **runtime)
   text = {"vocab_size": hf.get("vocab_size"), **hf["text_config"]}
   decoder = dataclasses.replace(gemma_config_from_hf(text), **runtime)
-  config = MedPalmMConfig("paligemma", vision, decoder,
-                          image_token_id=hf.get("image_token_id", hf.get("image_token_index")))
+  config = MedPalmMConfig(
+      "paligemma",
+      vision,
+      decoder,
+      image_token_id=hf.get("image_token_id", hf.get("image_token_index")),
+  )
   t = Tensors(path)
-  vp = t.find_prefix(["model.vision_tower.vision_model.", "vision_tower.vision_model.",
-                      "model.vision_tower.", "vision_tower."], "embeddings.patch_embedding.weight")
-  dp = t.find_prefix(["model.language_model.", "language_model.model.", "language_model."],
-                     "embed_tokens.weight")
-  pp = t.find_prefix(["model.multi_modal_projector.", "multi_modal_projector."],
-                     "linear.weight")
+  vp = t.find_prefix(
+      [
+          "model.vision_tower.vision_model.",
+          "vision_tower.vision_model.",
+          "model.vision_tower.",
+          "vision_tower.",
+      ],
+      "embeddings.patch_embedding.weight",
+  )
+  dp = t.find_prefix(
+      ["model.language_model.", "language_model.model.", "language_model."], "embed_tokens.weight"
+  )
+  pp = t.find_prefix(["model.multi_modal_projector.", "multi_modal_projector."], "linear.weight")
   params = {
       "vision": siglip_params(t, vp, vision),
-      "projector": {"kernel": _linear(t, pp + "linear.weight", vision.d_model,
-                                      (decoder.d_model,)),
-                    "bias": t.take(pp + "linear.bias", (decoder.d_model,))},
+      "projector": {
+          "kernel": _linear(t, pp + "linear.weight", vision.d_model, (decoder.d_model,)),
+          "bias": t.take(pp + "linear.bias", (decoder.d_model,)),
+      },
       "decoder": _decoder_params(t, dp, decoder),
   }
   return config, params, t.report()

@@ -8,6 +8,7 @@ extends the cache by one token. Every row stops at its own EOS; decodes are fixe
 ascending (best last, as T5X returns them). Scores are sums of the model's log-probabilities
 (beam search: divided by the length penalty).
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,6 +32,7 @@ class Prefilled:
   positions: int32[B] position of the first generated token (= prompt length) per row.
   limits: int32[B] how many tokens each row may generate (the cache's room), or None.
   """
+
   logits: Array
   cache: Any
   positions: Array
@@ -62,10 +64,18 @@ def _filter_logits(logits: Array, topk: int, topp: float) -> Array:
   return logits
 
 
-def temperature_sample(start: Prefilled, step_fn: StepFn, *, max_decode_length: int,
-                       eos_id: int, rng: Array | None = None, num_decodes: int = 1,
-                       temperature: float = 1.0, topk: int = 0,
-                       topp: float = 0.0) -> tuple[Array, Array]:
+def temperature_sample(
+    start: Prefilled,
+    step_fn: StepFn,
+    *,
+    max_decode_length: int,
+    eos_id: int,
+    rng: Array | None = None,
+    num_decodes: int = 1,
+    temperature: float = 1.0,
+    topk: int = 0,
+    topp: float = 0.0,
+) -> tuple[Array, Array]:
   """Sampling (greedy when `temperature == 0` or `rng is None`).
 
   Returns (decodes int32[B, num_decodes, L], scores float32[B, num_decodes]).
@@ -77,8 +87,9 @@ def temperature_sample(start: Prefilled, step_fn: StepFn, *, max_decode_length: 
   logits = jnp.repeat(start.logits, num_decodes, axis=0)
   cache = _repeat(start.cache, num_decodes, start.cache_batch_axis)
   positions = jnp.repeat(start.positions, num_decodes, axis=0)
-  limits = (jnp.full((batch,), max_decode_length, jnp.int32) if start.limits is None
-            else start.limits)
+  limits = (
+      jnp.full((batch,), max_decode_length, jnp.int32) if start.limits is None else start.limits
+  )
   limits = jnp.repeat(limits, num_decodes, axis=0)
   rows = batch * num_decodes
   rng = jax.random.key(0) if rng is None else rng
@@ -103,8 +114,15 @@ def temperature_sample(start: Prefilled, step_fn: StepFn, *, max_decode_length: 
     logits, cache = step_fn(token[:, None], (positions + i)[:, None], cache)
     return i + 1, tokens, logits, cache, done, scores, rng
 
-  state = (jnp.int32(0), jnp.zeros((rows, max_decode_length), jnp.int32), logits, cache,
-           jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32), rng)
+  state = (
+      jnp.int32(0),
+      jnp.zeros((rows, max_decode_length), jnp.int32),
+      logits,
+      cache,
+      jnp.zeros((rows,), bool),
+      jnp.zeros((rows,), jnp.float32),
+      rng,
+  )
   _, tokens, _, _, _, scores, _ = jax.lax.while_loop(cond, body, state)
   tokens = tokens.reshape(batch, num_decodes, max_decode_length)
   scores = scores.reshape(batch, num_decodes)
@@ -117,9 +135,16 @@ def brevity_penalty(length: Array, alpha: float) -> Array:
   return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
-def beam_search(start: Prefilled, step_fn: StepFn, *, max_decode_length: int, eos_id: int,
-                num_decodes: int = 4, alpha: float = 0.6, rng: Array | None = None,
-                ) -> tuple[Array, Array]:
+def beam_search(
+    start: Prefilled,
+    step_fn: StepFn,
+    *,
+    max_decode_length: int,
+    eos_id: int,
+    num_decodes: int = 4,
+    alpha: float = 0.6,
+    rng: Array | None = None,
+) -> tuple[Array, Array]:
   """Beam search with `num_decodes` beams and length penalty `alpha`.
 
   Keeps `num_decodes` alive (not ended) and `num_decodes` finished hypotheses per example;
@@ -135,7 +160,7 @@ def beam_search(start: Prefilled, step_fn: StepFn, *, max_decode_length: int, eo
   cache = _repeat(start.cache, k, axis)
   logits = jnp.repeat(start.logits, k, axis=0)
   positions = jnp.repeat(start.positions, k, axis=0)
-  limits = (jnp.full((batch,), length, jnp.int32) if start.limits is None else start.limits)
+  limits = jnp.full((batch,), length, jnp.int32) if start.limits is None else start.limits
   # All beams start identical: only beam 0 may expand at the first step.
   alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
   max_penalty = brevity_penalty(jnp.array(length), alpha)
@@ -170,10 +195,18 @@ def beam_search(start: Prefilled, step_fn: StepFn, *, max_decode_length: int, eo
     logits, cache = step_fn(tokens[:, None], (positions + i)[:, None], cache)
     return i + 1, alive_seqs, alive_logp, logits, cache, finished_scores, finished_seqs
 
-  state = (jnp.int32(0), jnp.zeros((batch, k, length), jnp.int32), alive_logp, logits, cache,
-           jnp.full((batch, k), NEG_INF), jnp.zeros((batch, k, length), jnp.int32))
+  state = (
+      jnp.int32(0),
+      jnp.zeros((batch, k, length), jnp.int32),
+      alive_logp,
+      logits,
+      cache,
+      jnp.full((batch, k), NEG_INF),
+      jnp.zeros((batch, k, length), jnp.int32),
+  )
   _, alive_seqs, alive_logp, _, _, finished_scores, finished_seqs = jax.lax.while_loop(
-      cond, body, state)
+      cond, body, state
+  )
   # Rows where fewer than k hypotheses finished are completed with the best alive ones.
   all_scores = jnp.concatenate([finished_scores, alive_logp / max_penalty], axis=1)
   all_seqs = jnp.concatenate([finished_seqs, alive_seqs], axis=1)
@@ -188,7 +221,7 @@ DECODE_FNS = {"temperature_sample": temperature_sample, "beam_search": beam_sear
 def decode_params_error(decode_fn: Callable, params: dict) -> str | None:
   """A message naming keys that `decode_fn` does not take, or None."""
   fn = decode_fn.func if isinstance(decode_fn, functools.partial) else decode_fn
-  allowed = set(fn.__code__.co_varnames[:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount])
+  allowed = set(fn.__code__.co_varnames[: fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount])
   allowed -= {"start", "step_fn", "max_decode_length", "eos_id", "rng", "num_decodes"}
   unknown = sorted(set(params) - allowed)
   if unknown:

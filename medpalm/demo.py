@@ -16,6 +16,7 @@
 Images are 56×56 (16 image tokens) instead of 224×224 (256) so that a CPU trains in minutes;
 everything else is the full-size code path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def _say(message: str) -> None:
 def prepare(output: pathlib.Path, num_examples: int) -> dict[str, str]:
   """Synthetic data + prepared images + vocabulary (skipped when already there)."""
   from tasks import demo_data, prepare as prepare_lib, vocab
+
   data, prepared, spm = output / "data", output / "prepared", output / "spm" / "medpalm"
   marker = output / "data.ready"
   if not marker.exists():
@@ -51,13 +53,17 @@ def prepare(output: pathlib.Path, num_examples: int) -> dict[str, str]:
     _say(f"writing synthetic datasets ({num_examples} examples per split) to {data}")
     demo_data.write_all(data, num_examples=num_examples, seed=0)
     _say("preparing images")
-    prepare_lib.prepare(data_dir=str(data), prepared_dir=str(prepared), image_size=IMAGE_SIZE,
-                        progress_bar=False)
+    prepare_lib.prepare(
+        data_dir=str(data), prepared_dir=str(prepared), image_size=IMAGE_SIZE, progress_bar=False
+    )
     _say("training the SentencePiece vocabulary")
     vocab.train_sentencepiece(spm, vocab.corpus_from_data(data), vocab_size=1000)
     marker.write_text("ok")
-  return {"MEDPALM_DATA_DIR": str(data), "MEDPALM_PREPARED_DIR": str(prepared),
-          "MEDPALM_SPM_MODEL": str(spm) + ".model"}
+  return {
+      "MEDPALM_DATA_DIR": str(data),
+      "MEDPALM_PREPARED_DIR": str(prepared),
+      "MEDPALM_SPM_MODEL": str(spm) + ".model",
+  }
 
 
 def register_tasks(env: dict[str, str]) -> None:
@@ -65,23 +71,33 @@ def register_tasks(env: dict[str, str]) -> None:
   os.environ.update(env)
   import tasks  # noqa: F401  (registers the defaults first; we replace them)
   from tasks import multimedbench, vocab
-  multimedbench.register_all(vocabulary=vocab.get_vocabulary(env["MEDPALM_SPM_MODEL"]),
-                             num_image_tokens=(IMAGE_SIZE // PATCH) ** 2, image_size=IMAGE_SIZE,
-                             data_dir=env["MEDPALM_DATA_DIR"],
-                             prepared_dir=env["MEDPALM_PREPARED_DIR"], shuffle_buffer_size=256)
+
+  multimedbench.register_all(
+      vocabulary=vocab.get_vocabulary(env["MEDPALM_SPM_MODEL"]),
+      num_image_tokens=(IMAGE_SIZE // PATCH) ** 2,
+      image_size=IMAGE_SIZE,
+      data_dir=env["MEDPALM_DATA_DIR"],
+      prepared_dir=env["MEDPALM_PREPARED_DIR"],
+      shuffle_buffer_size=256,
+  )
 
 
 def bindings(model_dir: pathlib.Path, args) -> list[str]:
-  return [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {args.steps}",
-          f"IMAGE_SIZE = {IMAGE_SIZE}", f"BATCH_SIZE = {args.batch_size}",
-          # `import tasks` would re-register at 224 px: the demo registered its tasks already.
-          "MIXTURE_OR_TASK_MODULE = None"]
+  return [
+      f"MODEL_DIR = '{model_dir}'",
+      f"TRAIN_STEPS = {args.steps}",
+      f"IMAGE_SIZE = {IMAGE_SIZE}",
+      f"BATCH_SIZE = {args.batch_size}",
+      # `import tasks` would re-register at 224 px: the demo registered its tasks already.
+      "MIXTURE_OR_TASK_MODULE = None",
+  ]
 
 
 def blank_images_task(name: str) -> str:
   """A copy of task `name` whose images are all zero (what the model sees without images)."""
   import seqio
   import tensorflow as tf
+
   task = seqio.get_mixture_or_task(name)
   blank = f"{name}_blank_images"
 
@@ -89,31 +105,26 @@ def blank_images_task(name: str) -> str:
     return ds.map(lambda ex: {**ex, "images": tf.zeros_like(ex["images"])})
 
   seqio.TaskRegistry.remove(blank)
-  seqio.TaskRegistry.add(blank, source=task.source,
-                         preprocessors=list(task.preprocessors) + [zero],
-                         output_features=task.output_features,
-                         postprocess_fn=task.postprocessor, metric_fns=[exact_match])
+  seqio.TaskRegistry.add(
+      blank,
+      source=task.source,
+      preprocessors=list(task.preprocessors) + [zero],
+      output_features=task.output_features,
+      postprocess_fn=task.postprocessor,
+      metric_fns=[exact_match],
+  )
   return blank
-
-
-def _number(value):
-  """A JSON value from a seqio metric value (a number, a seqio Scalar, None or text)."""
-  value = getattr(value, "value", value)
-  if value is None or isinstance(value, str):
-    return value
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return str(value)
 
 
 def exact_match(targets, predictions) -> dict[str, float]:
   """Percent of predictions equal to the answer (targets are the task's {"answer": ...} mapping
   or plain text, both postprocessed like the prediction)."""
   import numpy as np
+
   answer = lambda t: t.get("answer") if isinstance(t, dict) else t
-  return {"accuracy": 100.0 * float(np.mean([answer(t) == p for t, p in
-                                             zip(targets, predictions)]))}
+  return {
+      "accuracy": 100.0 * float(np.mean([answer(t) == p for t, p in zip(targets, predictions)]))
+  }
 
 
 def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
@@ -121,38 +132,57 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
   task with and without its images."""
   import gin
   import seqio
-  from medpalm import checkpoints, data, eval as eval_lib, main as main_lib
+  from medpalm.driver import checkpoints, data, eval as eval_lib, main as main_lib
+  from medpalm.evaluation import report
   from medpalm.model import MedPalmMModel
   from medpalm.partitioning import Partitioner
 
   gin.clear_config()
-  main_lib.parse_gin([str(REPO / "gin_configs" / "experiments" / "demo_cpu.gin")],
-                     bindings(model_dir, args))
+  main_lib.parse_gin(
+      [str(REPO / "gin_configs" / "experiments" / "demo_cpu.gin")], bindings(model_dir, args)
+  )
   model = gin.get_configurable(MedPalmMModel)()
   partitioner = gin.get_configurable(Partitioner)()
   lengths = {"inputs": args.inputs_length, "targets": 64, "images": 1, "image_mask": 1}
   image_task = seqio.get_mixture_or_task(IMAGE_TASK)
   seqio.TaskRegistry.remove(IMAGE_TASK)  # the image task's answer is scored by exact match
-  seqio.TaskRegistry.add(IMAGE_TASK, source=image_task.source,
-                         preprocessors=image_task.preprocessors,
-                         output_features=image_task.output_features,
-                         postprocess_fn=image_task.postprocessor, metric_fns=[exact_match])
+  seqio.TaskRegistry.add(
+      IMAGE_TASK,
+      source=image_task.source,
+      preprocessors=image_task.preprocessors,
+      output_features=image_task.output_features,
+      postprocess_fn=image_task.postprocessor,
+      metric_fns=[exact_match],
+  )
   blank = blank_images_task(IMAGE_TASK)
-  others = [t.name for t in seqio.get_mixture_or_task("multimedbench_demo").tasks
-            if t.name != IMAGE_TASK]
+  others = [
+      t.name for t in seqio.get_mixture_or_task("multimedbench_demo").tasks if t.name != IMAGE_TASK
+  ]
   if args.eval_tasks is not None:
     others = [t for t in args.eval_tasks.split(",") if t]
   names = [IMAGE_TASK, blank] + others
-  cfg = data.DatasetConfig(mixture_or_task_name=IMAGE_TASK, task_feature_lengths=lengths,
-                           split="test", batch_size=args.batch_size, shuffle=False, seed=0)
+  cfg = data.DatasetConfig(
+      mixture_or_task_name=IMAGE_TASK,
+      task_feature_lengths=lengths,
+      split="test",
+      batch_size=args.batch_size,
+      shuffle=False,
+      seed=0,
+  )
   params, step, axes = eval_lib.restore_params(
-      model, checkpoints.RestoreCheckpointConfig(path=str(model_dir)), partitioner, cfg)
+      model, checkpoints.RestoreCheckpointConfig(path=str(model_dir)), partitioner, cfg
+  )
   results = {}
   for name in names:
     task_cfg = data.DatasetConfig(**{**cfg.__dict__, "mixture_or_task_name": name})
-    evaluator = eval_lib.InferenceEvaluator(task_cfg, model, partitioner, axes,
-                                            log_dir=str(output / "results"),
-                                            num_examples=args.eval_examples)
+    evaluator = eval_lib.make_evaluator(
+        task_cfg,
+        model,
+        partitioner,
+        axes,
+        output_dir=str(output / "results"),
+        num_examples=args.eval_examples,
+    )
     if not evaluator.eval_tasks:
       continue
     try:
@@ -164,7 +194,7 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
       _say(f"eval {name} failed: {results[name]['error']}")
       continue
     for task, values in task_results.items():
-      results[task] = {k: _number(v) for k, v in values.items()}
+      results[task] = {k: report.json_value(v) for k, v in values.items()}
       _say(f"eval {task}: {results[task]}")
   gin.clear_config()
   return results
@@ -178,11 +208,18 @@ def main(argv=None) -> int:
   parser.add_argument("--num_examples", type=int, default=256)
   parser.add_argument("--inputs_length", type=int, default=256)
   parser.add_argument("--eval_examples", type=int, default=64)
-  parser.add_argument("--eval_tasks", default=None,
-                      help="comma-separated tasks to evaluate besides the image task "
-                           "(default: every task of multimedbench_demo)")
-  parser.add_argument("--min_image_accuracy", type=float, default=None,
-                      help="exit 1 when the image task ends below this accuracy (percent)")
+  parser.add_argument(
+      "--eval_tasks",
+      default=None,
+      help="comma-separated tasks to evaluate besides the image task "
+      "(default: every task of multimedbench_demo)",
+  )
+  parser.add_argument(
+      "--min_image_accuracy",
+      type=float,
+      default=None,
+      help="exit 1 when the image task ends below this accuracy (percent)",
+  )
   args = parser.parse_args(argv)
   output = pathlib.Path(args.output).resolve()
   output.mkdir(parents=True, exist_ok=True)
@@ -191,37 +228,54 @@ def main(argv=None) -> int:
   register_tasks(env)
 
   import gin
-  from medpalm import main as main_lib, report
+  from medpalm.driver import main as main_lib
+  from medpalm.evaluation import report
+
   model_dir = output / "run"
   _say(f"training {args.steps} steps (checkpoints in {model_dir}; rerun to resume)")
   gin.clear_config()
   extra = bindings(model_dir, args) + [
       f"TASK_FEATURE_LENGTHS = {{'inputs': {args.inputs_length}, 'targets': 16, "
-      f"'images': 1, 'image_mask': 1}}"]
-  main_lib.main(["--run_mode=train",
-                 f"--gin_file={REPO / 'gin_configs' / 'experiments' / 'demo_cpu.gin'}",
-                 *[f"--gin_bindings={b}" for b in extra]])
+      f"'images': 1, 'image_mask': 1}}"
+  ]
+  main_lib.main(
+      [
+          "--run_mode=train",
+          f"--gin_file={REPO / 'gin_configs' / 'experiments' / 'demo_cpu.gin'}",
+          *[f"--gin_bindings={b}" for b in extra],
+      ]
+  )
   _say("evaluating")
   results = evaluate(model_dir, output, args)
   blank = f"{IMAGE_TASK}_blank_images"
-  summary = {"image_task": IMAGE_TASK,
-             "accuracy_with_images": results.get(IMAGE_TASK, {}).get("accuracy"),
-             "accuracy_blank_images": results.get(blank, {}).get("accuracy"),
-             "chance": 50.0}
+  summary = {
+      "image_task": IMAGE_TASK,
+      "accuracy_with_images": results.get(IMAGE_TASK, {}).get("accuracy"),
+      "accuracy_blank_images": results.get(blank, {}).get("accuracy"),
+      "chance": 50.0,
+  }
   (output / "metrics.json").write_text(json.dumps({**results, "summary": summary}, indent=1))
   loaded = report.load_results(str(output / "results"))
   text = report.render_markdown(loaded)
-  text = (f"# medpalm demo\n\nImage task {IMAGE_TASK}: accuracy "
-          f"{summary['accuracy_with_images']:.1f} % with images, "
-          f"{summary['accuracy_blank_images']:.1f} % with blanked images (chance 50 %), after "
-          f"{args.steps} steps ({(time.time() - start) / 60:.1f} min on this machine).\n\n" + text)
+  text = (
+      f"# medpalm demo\n\nImage task {IMAGE_TASK}: accuracy "
+      f"{summary['accuracy_with_images']:.1f} % with images, "
+      f"{summary['accuracy_blank_images']:.1f} % with blanked images (chance 50 %), after "
+      f"{args.steps} steps ({(time.time() - start) / 60:.1f} min on this machine).\n\n" + text
+  )
   (output / "report.md").write_text(text)
-  _say(f"image task {IMAGE_TASK}: {summary['accuracy_with_images']:.1f} % with images, "
-       f"{summary['accuracy_blank_images']:.1f} % blanked (chance 50 %)")
-  _say(f"wrote {output / 'metrics.json'} and {output / 'report.md'} in "
-       f"{(time.time() - start) / 60:.1f} min")
-  if (args.min_image_accuracy is not None
-      and (summary["accuracy_with_images"] or 0) < args.min_image_accuracy):
+  _say(
+      f"image task {IMAGE_TASK}: {summary['accuracy_with_images']:.1f} % with images, "
+      f"{summary['accuracy_blank_images']:.1f} % blanked (chance 50 %)"
+  )
+  _say(
+      f"wrote {output / 'metrics.json'} and {output / 'report.md'} in "
+      f"{(time.time() - start) / 60:.1f} min"
+  )
+  if (
+      args.min_image_accuracy is not None
+      and (summary["accuracy_with_images"] or 0) < args.min_image_accuracy
+  ):
     print(f"image task accuracy below {args.min_image_accuracy} %", file=sys.stderr)
     return 1
   return 0

@@ -11,6 +11,7 @@ Loss normalization is T5X's: with `loss_normalizing_factor=None` the loss is the
 weighted per-token cross-entropies of the batch; a number divides that sum by it;
 "NUM_REAL_TARGET_TOKENS" divides by the sum of `decoder_loss_weights` (a per-token mean).
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,133 +22,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import seqio
 from flax.linen import partitioning as flax_partitioning
 
-from medpalm import decoding
+from medpalm import decoding, losses, optimizers
 from medpalm.models import multimodal
 from medpalm.models.medpalm_m import MedPalmM
-
-IMAGE_FEATURES = {
-    "images": seqio.FeatureConverter.FeatureSpec(dtype=np.uint8, rank=4),  # [N, H, W, 3]
-    "image_mask": seqio.FeatureConverter.FeatureSpec(dtype=bool, rank=1),  # [N]
-}
-NORMALIZING_FACTORS = ("NUM_REAL_TARGET_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
-
-
-class MultimodalDecoderFeatureConverter(seqio.DecoderFeatureConverter):
-  """Prefix-LM `DecoderFeatureConverter` that passes `images` / `image_mask` through.
-
-  Constructible as T5X calls it (`FEATURE_CONVERTER_CLS(pack=False)`); packing is refused
-  because images cannot be packed.
-  """
-
-  def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
-               apply_length_check: bool = True, bos_id: int = 0,
-               passthrough_features: Mapping[str, Any] | None = None,
-               loss_on_targets_only: bool = True):
-    if pack:
-      raise ValueError("MedPalmM batches cannot be packed (images do not pack): use pack=False")
-    super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
-                     apply_length_check=apply_length_check, bos_id=bos_id,
-                     passthrough_features=dict(passthrough_features or IMAGE_FEATURES),
-                     loss_on_targets_only=loss_on_targets_only)
-
-
-# --- losses ---------------------------------------------------------------------------------
-
-def cross_entropy_with_logits(logits: jax.Array, targets: jax.Array, z_loss: float,
-                              label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """Per-token cross-entropy float32[B, T] (z-loss included) and the z-loss part.
-
-  logits: float32[B, T, V]; targets: int32[B, T]. Label smoothing spreads `label_smoothing` over
-  the other V-1 classes and subtracts the entropy of that target, so a perfect model scores 0.
-  """
-  vocab = logits.shape[-1]
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  log_probs = logits - log_z[..., None]
-  target_log_prob = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  if label_smoothing:
-    confidence, low = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
-    mean_log_prob = (jnp.sum(log_probs, axis=-1) - target_log_prob) / (vocab - 1)
-    loss = -(confidence * target_log_prob + label_smoothing * mean_log_prob)
-    loss -= -(confidence * np.log(confidence) + label_smoothing * np.log(low + 1e-20))
-  else:
-    loss = -target_log_prob
-  z = z_loss * jnp.square(log_z)
-  return loss + z, z
-
-
-def _loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
-  weights = batch.get("decoder_loss_weights")
-  if weights is None:
-    weights = batch["decoder_target_tokens"] > 0
-  return weights.astype(jnp.float32)
-
-
-# --- optimizer definition --------------------------------------------------------------------
-
-class OptaxOptimizerDef:
-  """An optax transformation in the shape of T5X's `OptaxWrapper` optimizer definition.
-
-  `init_state(params)`, `apply_gradient(hyper_params, params, state, grads)` and
-  `derive_logical_axes(state, param_axes)`. Logical axes follow the parameters: a state leaf
-  with its parameter's shape (momentum, unfactored second moments) gets the parameter's axes, a
-  factored row/column statistic (the parameter with one dim reduced) keeps the axes of the dims
-  it kept, and anything else (counters, placeholders) is replicated.
-  """
-
-  def __init__(self, optax_optimizer: optax.GradientTransformation):
-    self.optax_optimizer = optax_optimizer
-    self.hyper_params = None
-    self._param_shapes = None
-
-  def init_state(self, params):
-    self._param_shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-    return self.optax_optimizer.init(params)
-
-  def apply_gradient(self, hyper_params, params, state, grads):
-    del hyper_params
-    updates, state = self.optax_optimizer.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  def derive_logical_axes(self, state, param_axes, params=None):
-    """PartitionSpecs of logical names for `state`; `param_axes` mirrors the params tree."""
-    shapes = (jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-              if params is not None else self._param_shapes)
-    if shapes is None:
-      raise ValueError("derive_logical_axes needs the params (or a prior init_state)")
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-    replicated = lambda x: jax.sharding.PartitionSpec(*([None] * np.ndim(x)))
-
-    def follow(leaf, axes, param):
-      shape = tuple(np.shape(leaf))
-      if shape == tuple(param.shape):
-        return axes
-      # A factored statistic is the parameter with one dim reduced away: keep the other axes.
-      dropped = [i for i in range(len(param.shape))
-                 if param.shape[:i] + param.shape[i + 1:] == shape]
-      if len(dropped) == 1:
-        return jax.sharding.PartitionSpec(*(a for i, a in enumerate(axes) if i != dropped[0]))
-      return replicated(leaf)
-
-    return optax.tree_utils.tree_map_params(
-        self.optax_optimizer, follow, state, param_axes, shapes,
-        transform_non_params=replicated, is_leaf=is_spec)
-
-
-def adafactor(learning_rate: float | optax.Schedule = 5e-5, momentum: float | None = 0.9,
-              decay_rate: float = 0.8, clipping_threshold: float | None = 1.0,
-              factored: bool = True) -> OptaxOptimizerDef:
-  """Adafactor as the paper trains (β1 = 0.9, constant learning rate by default)."""
-  return OptaxOptimizerDef(optax.adafactor(
-      learning_rate=learning_rate, momentum=momentum, decay_rate=decay_rate,
-      clipping_threshold=clipping_threshold, factored=factored, multiply_by_parameter_scale=False))
 
 
 def params_axes(boxed_params: Any) -> Any:
   """T5X's `params_axes` collection: `<name>_axes` -> AxisMetadata(names) beside every param."""
+
   def walk(tree):
     out = {}
     for key, value in tree.items():
@@ -156,28 +40,46 @@ def params_axes(boxed_params: Any) -> Any:
       else:
         out[key] = walk(value)
     return out
+
   return walk(boxed_params)
 
 
-# --- the model -------------------------------------------------------------------------------
+class _FeatureConverterClass:
+  """`MedPalmMModel.FEATURE_CONVERTER_CLS`, resolved on first access: the converter is SeqIO's
+  (TensorFlow), which loss, scoring and decoding never need."""
+
+  def __get__(self, obj, owner):
+    from medpalm import features  # pylint: disable=g-import-not-at-top
+
+    return features.MultimodalDecoderFeatureConverter
+
 
 class MedPalmMModel:
   """T5X `DecoderOnlyModel`-shaped wrapper around the `MedPalmM` module."""
 
-  FEATURE_CONVERTER_CLS = MultimodalDecoderFeatureConverter
+  FEATURE_CONVERTER_CLS = _FeatureConverterClass()
 
-  def __init__(self, module: MedPalmM, vocabulary: seqio.Vocabulary,
-               optimizer_def: OptaxOptimizerDef | None = None,
-               decode_fn: Callable = decoding.temperature_sample, z_loss: float = 1e-4,
-               label_smoothing: float = 0.0, loss_normalizing_factor: float | str | None = None,
-               prefix_bidirectional: bool = False):
+  def __init__(
+      self,
+      module: MedPalmM,
+      vocabulary,
+      optimizer_def: optimizers.OptaxOptimizerDef | None = None,
+      decode_fn: Callable = decoding.temperature_sample,
+      z_loss: float = 1e-4,
+      label_smoothing: float = 0.0,
+      loss_normalizing_factor: float | str | None = None,
+      prefix_bidirectional: bool = False,
+  ):
     if isinstance(loss_normalizing_factor, str) and (
-        loss_normalizing_factor not in NORMALIZING_FACTORS):
-      raise ValueError(f"loss_normalizing_factor {loss_normalizing_factor!r} not in "
-                       f"{NORMALIZING_FACTORS} (or a number, or None for a sum)")
+        loss_normalizing_factor not in losses.NORMALIZING_FACTORS
+    ):
+      raise ValueError(
+          f"loss_normalizing_factor {loss_normalizing_factor!r} not in "
+          f"{losses.NORMALIZING_FACTORS} (or a number, or None for a sum)"
+      )
     self.module = module
     self._vocabulary = vocabulary
-    self.optimizer_def = optimizer_def or adafactor()
+    self.optimizer_def = optimizer_def or optimizers.adafactor()
     self._decode_fn = decode_fn
     self._z_loss = z_loss
     self._label_smoothing = label_smoothing
@@ -196,28 +98,35 @@ class MedPalmMModel:
   def validate_batch(self, batch: Mapping[str, Any]) -> None:
     """Host-side check of a concrete batch before it enters a compiled step, where only shapes
     can be checked: dtypes, image shapes and 256 placeholders per valid image in every row."""
-    multimodal.validate_inputs(self.config, np.asarray(batch["decoder_input_tokens"]),
-                               None if batch.get("images") is None else np.asarray(
-                                   batch["images"]),
-                               None if batch.get("image_mask") is None else np.asarray(
-                                   batch["image_mask"]))
+    multimodal.validate_inputs(
+        self.config,
+        np.asarray(batch["decoder_input_tokens"]),
+        None if batch.get("images") is None else np.asarray(batch["images"]),
+        None if batch.get("image_mask") is None else np.asarray(batch["image_mask"]),
+    )
 
   def _inputs(self, batch: Mapping[str, jax.Array]) -> dict:
     """The module's keyword inputs from a feature-converted batch."""
-    inputs = {"decoder_target_tokens": batch.get("decoder_target_tokens"),
-              "images": batch.get("images"), "image_mask": batch.get("image_mask")}
+    inputs = {
+        "decoder_target_tokens": batch.get("decoder_target_tokens"),
+        "images": batch.get("images"),
+        "image_mask": batch.get("image_mask"),
+    }
     if self.prefix_bidirectional:
       inputs["decoder_causal_attention"] = batch.get("decoder_causal_attention")
     return inputs
 
-  def _compute_logits(self, params, batch, dropout_rng=None, mutable=False,
-                      other_variables=None):
+  def _compute_logits(self, params, batch, dropout_rng=None, mutable=False, other_variables=None):
     """float32[B, T, V] logits (dropout on when `dropout_rng` is given)."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params, **(other_variables or {})},
-                             batch["decoder_input_tokens"], **self._inputs(batch),
-                             enable_dropout=dropout_rng is not None, rngs=rngs,
-                             mutable=mutable)
+    return self.module.apply(
+        {"params": params, **(other_variables or {})},
+        batch["decoder_input_tokens"],
+        **self._inputs(batch),
+        enable_dropout=dropout_rng is not None,
+        rngs=rngs,
+        mutable=mutable,
+    )
 
   # -- training and evaluation --
 
@@ -225,9 +134,10 @@ class MedPalmMModel:
     """(loss, metrics) with metrics named as T5X names them (clu metrics, mergeable)."""
     logits = self._compute_logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
-    weights = _loss_weights(batch)
-    token_loss, token_z = cross_entropy_with_logits(logits, targets, self._z_loss,
-                                                    self._label_smoothing)
+    weights = losses.loss_weights(batch)
+    token_loss, token_z = losses.cross_entropy_with_logits(
+        logits, targets, self._z_loss, self._label_smoothing
+    )
     factor = self._loss_normalizing_factor
     if factor == "NUM_REAL_TARGET_TOKENS":
       factor = jnp.maximum(jnp.sum(weights), 1.0)
@@ -240,8 +150,9 @@ class MedPalmMModel:
 
   @staticmethod
   def _metrics(logits, targets, weights, token_ce, loss, z_loss) -> dict:
-    average = lambda total, count: clu_metrics.Average(total=jnp.asarray(total, jnp.float32),
-                                                       count=jnp.asarray(count, jnp.int32))
+    average = lambda total, count: clu_metrics.Average(
+        total=jnp.asarray(total, jnp.float32), count=jnp.asarray(count, jnp.int32)
+    )
     nonpadding = jnp.sum(weights)
     correct = (jnp.argmax(logits, -1) == targets) * weights
     return {
@@ -263,8 +174,8 @@ class MedPalmMModel:
       logits, state = self._compute_logits(params, batch, mutable=["intermediates"])
     else:
       logits = self._compute_logits(params, batch)
-    token_scores = -cross_entropy_with_logits(logits, batch["decoder_target_tokens"], 0.0)[0]
-    token_scores = token_scores * _loss_weights(batch)
+    token_scores = -losses.cross_entropy_with_logits(logits, batch["decoder_target_tokens"], 0.0)[0]
+    token_scores = token_scores * losses.loss_weights(batch)
     scores = jnp.sum(token_scores, axis=-1)
     if return_intermediates:
       return scores, {**state.get("intermediates", {}), "token_scores": token_scores}
@@ -275,8 +186,9 @@ class MedPalmMModel:
   def predict_batch(self, params, batch, rng=None):
     return self.predict_batch_with_aux(params, batch, rng=rng)[0]
 
-  def predict_batch_with_aux(self, params, batch, rng=None, *, return_all_decodes=False,
-                             num_decodes=1, decoder_params=None):
+  def predict_batch_with_aux(
+      self, params, batch, rng=None, *, return_all_decodes=False, num_decodes=1, decoder_params=None
+  ):
     """Decodes int32[B, L] (or [B, num_decodes, L], best last), prompt removed, zero-padded.
 
     The prompt is `decoder_input_tokens` where `decoder_causal_attention` is 1. `L` is
@@ -291,19 +203,29 @@ class MedPalmMModel:
     if error:
       raise ValueError(error)
     if "decoder_causal_attention" not in batch:
-      raise ValueError("predict needs decoder_causal_attention (1 on the prompt) to find the "
-                       "prompt; use the model's FEATURE_CONVERTER_CLS")
+      raise ValueError(
+          "predict needs decoder_causal_attention (1 on the prompt) to find the "
+          "prompt; use the model's FEATURE_CONVERTER_CLS"
+      )
     prompt_lengths = jnp.sum(batch["decoder_causal_attention"], axis=1).astype(jnp.int32)
     if not isinstance(prompt_lengths, jax.core.Tracer):
       longest = int(np.max(np.asarray(prompt_lengths)))
       if longest >= length:
-        raise ValueError(f"a prompt of {longest} positions leaves no room to decode within "
-                         f"max_decode_length {length}")
+        raise ValueError(
+            f"a prompt of {longest} positions leaves no room to decode within "
+            f"max_decode_length {length}"
+        )
     start = self.prefill(params, batch, length, prompt_lengths)
     step_fn = functools.partial(self.extend, params)
     decodes, scores = self._decode_fn(
-        start, step_fn, max_decode_length=length, eos_id=self._vocabulary.eos_id, rng=rng,
-        num_decodes=num_decodes, **decoder_params)
+        start,
+        step_fn,
+        max_decode_length=length,
+        eos_id=self._vocabulary.eos_id,
+        rng=rng,
+        num_decodes=num_decodes,
+        **decoder_params,
+    )
     if not return_all_decodes:
       decodes, scores = decodes[:, -1], scores[:, -1]
     return decodes, {"scores": scores}
@@ -316,18 +238,32 @@ class MedPalmMModel:
     inputs = {"images": batch.get("images"), "image_mask": batch.get("image_mask")}
     if self.prefix_bidirectional:
       inputs["decoder_causal_attention"] = causal
-    logits, state = self.module.apply({"params": params}, tokens, **inputs, prefill=True,
-                                      max_decode_length=length, mutable=["cache"])
+    logits, state = self.module.apply(
+        {"params": params},
+        tokens,
+        **inputs,
+        prefill=True,
+        max_decode_length=length,
+        mutable=["cache"],
+    )
     last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
-    return decoding.Prefilled(last, state["cache"], prompt_lengths,
-                              limits=length - prompt_lengths,
-                              cache_batch_axis=1 if self.config.decoder.scan_layers else 0)
+    return decoding.Prefilled(
+        last,
+        state["cache"],
+        prompt_lengths,
+        limits=length - prompt_lengths,
+        cache_batch_axis=1 if self.config.decoder.scan_layers else 0,
+    )
 
   def extend(self, params, tokens, positions, cache):
     """One decoding step: int32[B, 1] tokens at int32[B, 1] positions -> (float32[B, V], cache)."""
-    logits, state = self.module.apply({"params": params, "cache": cache}, tokens,
-                                      decoder_positions=positions, decode=True,
-                                      mutable=["cache"])
+    logits, state = self.module.apply(
+        {"params": params, "cache": cache},
+        tokens,
+        decoder_positions=positions,
+        decode=True,
+        mutable=["cache"],
+    )
     return logits[:, 0], state["cache"]
 
   # -- initialisation --
@@ -345,18 +281,21 @@ class MedPalmMModel:
     inputs = {k: dummy.get(k) for k in ("decoder_target_tokens", "images", "image_mask")}
     if self.prefix_bidirectional:
       inputs["decoder_causal_attention"] = dummy.get("decoder_causal_attention")
-    variables = self.module.init(rng, dummy["decoder_input_tokens"], **inputs,
-                                 enable_dropout=False)
-    return {"params": nn.meta.unbox(variables["params"]),
-            "params_axes": params_axes(variables["params"])}
+    variables = self.module.init(rng, dummy["decoder_input_tokens"], **inputs, enable_dropout=False)
+    return {
+        "params": nn.meta.unbox(variables["params"]),
+        "params_axes": params_axes(variables["params"]),
+    }
 
 
 def _register_with_t5x() -> None:
   """Registers MedPalmMModel as a t5x BaseTransformerModel when t5x is importable."""
   import importlib.util
+
   if importlib.util.find_spec("t5x") is None:
     return
   from t5x import models as t5x_models  # pragma: no cover - t5x is not on PyPI
+
   t5x_models.BaseTransformerModel.register(MedPalmMModel)  # pragma: no cover
 
 

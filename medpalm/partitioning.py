@@ -10,6 +10,7 @@ while a kernel `[embed, mlp]` takes `(fsdp, model)`.
 Always enter a mesh with `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)` (`with mesh:`
 silently drops the logical constraints).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,23 +53,62 @@ DEFAULT_RULES: Rules = (
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, model: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A `('data', 'fsdp', 'model')` mesh over `devices` (default: all); one size may be -1."""
-  devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(
+    data: int = 1, fsdp: int = -1, model: int = 1, num_devices: int | None = None
+) -> tuple[int, int, int]:
+  """The `(data, fsdp, model)` sizes over `num_devices` (default: all); one size may be -1."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
   shape = [data, fsdp, model]
   if shape.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} "
-                     f"model={model}")
+    raise ValueError(
+        f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} " f"model={model}"
+    )
   known = int(np.prod([s for s in shape if s != -1]))
-  if known <= 0 or len(devices) % known:
-    raise ValueError(f"mesh data={data} fsdp={fsdp} model={model} does not divide the "
-                     f"{len(devices)} devices")
-  shape = [len(devices) // known if s == -1 else s for s in shape]
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
-                     f"{len(devices)} available")
-  return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+  if known <= 0 or num_devices % known:
+    raise ValueError(
+        f"mesh data={data} fsdp={fsdp} model={model} does not divide the " f"{num_devices} devices"
+    )
+  shape = [num_devices // known if s == -1 else s for s in shape]
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
+        f"{num_devices} available"
+    )
+  return tuple(shape)
+
+
+def make_mesh(
+    data: int = 1,
+    fsdp: int = -1,
+    model: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+    dcn_data: int = 1,
+) -> Mesh:
+  """The `('data', 'fsdp', 'model')` mesh of every run: the driver, AOT plans and benchmarks.
+
+  `devices` defaults to all. On TPU and GPU the devices are laid on the physical topology
+  (`mesh_utils.create_device_mesh`), so each mesh axis follows fast links; devices without a
+  topology (CPU) keep their order. `dcn_data > 1` spans that many slices (multi-slice TPU): the
+  `data` axis is `dcn_data` slices × `data / dcn_data` within each, over the data-centre network
+  (`create_hybrid_device_mesh`), and parameters are never sharded across slices. One size may
+  be -1 (the rest of the devices). The axes are Auto, so Flax's logical constraints apply.
+  """
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(data, fsdp, model, len(devices))
+  if dcn_data > 1:
+    if shape[0] % dcn_data:
+      raise ValueError(f"mesh data={shape[0]} does not split over dcn_data={dcn_data} slices")
+    ici = (shape[0] // dcn_data, *shape[1:])
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici, (dcn_data, 1, 1), devices, allow_split_physical_axes=True
+    )
+  elif devices[0].platform in ("tpu", "gpu"):
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  else:
+    grid = np.asarray(devices, dtype=object).reshape(shape)
+  return Mesh(grid, MESH_AXES)
 
 
 @contextlib.contextmanager
@@ -91,8 +131,9 @@ def unbox(tree: Any) -> Any:
   """Values of a boxed tree, without the sharding constraint `nn.meta.unbox` adds under a mesh
   (which fails on the ShapeDtypeStructs of an abstract tree)."""
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
-                      is_leaf=is_box)
+  return jax.tree.map(
+      lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box
+  )
 
 
 def check_divisible(what: str, shape: Sequence[int], mesh_spec: Sequence[Any], mesh: Mesh) -> None:
@@ -102,8 +143,10 @@ def check_divisible(what: str, shape: Sequence[int], mesh_spec: Sequence[Any], m
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     if dim % size:
-      raise ValueError(f"{what}: dimension {dim} of {tuple(shape)} does not divide over mesh "
-                       f"axes {axes} of size {size}")
+      raise ValueError(
+          f"{what}: dimension {dim} of {tuple(shape)} does not divide over mesh "
+          f"axes {axes} of size {size}"
+      )
 
 
 def mesh_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
@@ -146,6 +189,7 @@ def sharded_init(init_fn, mesh: Mesh, rules: Rules = DEFAULT_RULES):
 
 # --- the driver's partitioner (T5X's PjitPartitioner surface) ---------------------------------
 
+
 class DataLayout(NamedTuple):
   """Which part of the global batch this process feeds (T5X's DataLayout).
 
@@ -153,6 +197,7 @@ class DataLayout(NamedTuple):
   whose devices hold the same batch rows (a replica set: same `data`/`fsdp` coordinates, e.g. a
   `model` axis that spans hosts) get the same shard and must read the same examples.
   """
+
   batch_size: int
   shard_id: int
   num_shards: int
@@ -187,15 +232,23 @@ class Partitioner:
     logical_axis_rules: logical name -> mesh axes (default `DEFAULT_RULES`).
     devices: default `jax.devices()` (every process's devices in a multi-host run).
 
-  Multi-host: the mesh is built over the global device list in its default order, so each
-  process's devices form contiguous blocks along the leading axes; `get_data_layout` then tells
-  each process which slice of the global batch to read.
+    dcn_data: slices the `data` axis spans (multi-slice TPU; see `make_mesh`).
+
+  Multi-host: the mesh is built over the global device list by `make_mesh`;
+  `get_data_layout` tells each process which slice of the global batch to read.
   """
 
-  def __init__(self, data: int = 1, fsdp: int = -1, model: int = 1,
-               logical_axis_rules: Rules = DEFAULT_RULES,
-               devices: Sequence[jax.Device] | None = None):
+  def __init__(
+      self,
+      data: int = 1,
+      fsdp: int = -1,
+      model: int = 1,
+      logical_axis_rules: Rules = DEFAULT_RULES,
+      devices: Sequence[jax.Device] | None = None,
+      dcn_data: int = 1,
+  ):
     self._sizes = (data, fsdp, model)
+    self._dcn_data = dcn_data
     self._rules = tuple(tuple(r) for r in logical_axis_rules)
     self._devices = devices
     self._mesh = None
@@ -203,7 +256,7 @@ class Partitioner:
   @property
   def mesh(self) -> Mesh:
     if self._mesh is None:
-      self._mesh = make_mesh(*self._sizes, devices=self._devices)
+      self._mesh = make_mesh(*self._sizes, devices=self._devices, dcn_data=self._dcn_data)
     return self._mesh
 
   @property
@@ -219,8 +272,9 @@ class Partitioner:
     """Number of distinct batch slices across the mesh (data × fsdp)."""
     return int(np.prod([self.mesh.shape[a] for a in BATCH]))
 
-  def get_data_layout(self, batch_size: int | None = None,
-                      process_index: int | None = None) -> DataLayout:
+  def get_data_layout(
+      self, batch_size: int | None = None, process_index: int | None = None
+  ) -> DataLayout:
     """This process's dataset shard for a global batch of `batch_size` examples.
 
     Raises ValueError when the batch does not split evenly over the `data × fsdp` devices.
@@ -228,8 +282,10 @@ class Partitioner:
     process_index = jax.process_index() if process_index is None else process_index
     shards = self.batch_shards
     if batch_size is not None and batch_size % shards:
-      raise ValueError(f"batch size {batch_size} is not divisible by the {shards} batch shards "
-                       f"of mesh {dict(self.mesh.shape)} (data × fsdp)")
+      raise ValueError(
+          f"batch size {batch_size} is not divisible by the {shards} batch shards "
+          f"of mesh {dict(self.mesh.shape)} (data × fsdp)"
+      )
     devices = self.mesh.devices.reshape(shards, -1)  # row = one batch slice
     rows_of = {}
     for row, slice_devices in enumerate(devices):
@@ -239,11 +295,17 @@ class Partitioner:
     mine = tuple(sorted(rows_of[process_index]))
     for s in sets:
       if s != mine and set(s) & set(mine):
-        raise ValueError(f"process {process_index} holds batch slices {mine} overlapping another "
-                         f"process's {s}: use a mesh whose batch axes split along hosts")
+        raise ValueError(
+            f"process {process_index} holds batch slices {mine} overlapping another "
+            f"process's {s}: use a mesh whose batch axes split along hosts"
+        )
     first = min(p for p, r in rows_of.items() if tuple(sorted(r)) == mine)
-    return DataLayout(batch_size=batch_size, shard_id=sets.index(mine), num_shards=len(sets),
-                      is_first_host_in_replica_set=first == process_index)
+    return DataLayout(
+        batch_size=batch_size,
+        shard_id=sets.index(mine),
+        num_shards=len(sets),
+        is_first_host_in_replica_set=first == process_index,
+    )
 
   def get_logical_axes(self, train_state, params_axes) -> Any:
     """PartitionSpecs of logical names mirroring `train_state` (see `TrainState.logical_axes`)."""
@@ -251,11 +313,11 @@ class Partitioner:
 
   def get_mesh_axes(self, train_state, params_axes=None) -> Any:
     """Mesh PartitionSpecs mirroring `train_state` (a logical-spec tree is accepted directly)."""
-    logical = (train_state if params_axes is None
-               else self.get_logical_axes(train_state, params_axes))
+    logical = (
+        train_state if params_axes is None else self.get_logical_axes(train_state, params_axes)
+    )
     is_spec = lambda x: isinstance(x, PartitionSpec)
-    return jax.tree.map(lambda s: nn.logical_to_mesh_axes(s, self._rules), logical,
-                        is_leaf=is_spec)
+    return jax.tree.map(lambda s: nn.logical_to_mesh_axes(s, self._rules), logical, is_leaf=is_spec)
 
   def sharding(self, spec: PartitionSpec | None) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec() if spec is None else spec)
@@ -265,12 +327,17 @@ class Partitioner:
     is_spec = lambda x: x is None or isinstance(x, PartitionSpec)
     return jax.tree.map(self.sharding, mesh_axes, is_leaf=is_spec)
 
-  def partition(self, fn, in_axis_resources, out_axis_resources, static_argnums=(),
-                donate_argnums=()) -> PartitionedFn:
+  def partition(
+      self, fn, in_axis_resources, out_axis_resources, static_argnums=(), donate_argnums=()
+  ) -> PartitionedFn:
     """`jax.jit` with mesh PartitionSpec trees as in/out shardings, run inside mesh + rules."""
-    jitted = jax.jit(fn, in_shardings=self.shardings(in_axis_resources),
-                     out_shardings=self.shardings(out_axis_resources),
-                     static_argnums=static_argnums, donate_argnums=donate_argnums)
+    jitted = jax.jit(
+        fn,
+        in_shardings=self.shardings(in_axis_resources),
+        out_shardings=self.shardings(out_axis_resources),
+        static_argnums=static_argnums,
+        donate_argnums=donate_argnums,
+    )
     return PartitionedFn(jitted, self.mesh, self._rules)
 
   def compile(self, partitioned_fn: PartitionedFn, *args):

@@ -5,6 +5,7 @@ and the mixtures ``multimedbench``, ``multimedbench_eval``, ``multimedbench_demo
 Registration reads no data and no vocabulary file: datasets are located, and the SentencePiece
 model ($MEDPALM_SPM_MODEL) loaded, when a dataset is first built.
 """
+
 from tasks import multimedbench as _multimedbench
 
 TASK_NAMES = tuple(_multimedbench.register_all())

@@ -21,13 +21,14 @@ tasks get the same 710 text tokens, so every task sees the paper's text budget.
 
 Images survive only without packing (ENV_NOTES 8): `feature_converter()` refuses pack=True.
 """
+
 from __future__ import annotations
 
 import seqio
 import tensorflow as tf
 
 # The model owns the converter (T5X's FEATURE_CONVERTER_CLS); the tasks feed it.
-from medpalm.model import MultimodalDecoderFeatureConverter
+from medpalm.features import MultimodalDecoderFeatureConverter
 
 NUM_IMAGE_TOKENS = 256
 IMAGE_SIZE = 224
@@ -37,28 +38,35 @@ TARGET_LENGTH = 256
 TRAIN_IMAGES = 1
 
 INPUTS, TARGETS, IMAGES, IMAGE_MASK = "inputs", "targets", "images", "image_mask"
-MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_causal_attention",
-                  "decoder_loss_weights", IMAGES, IMAGE_MASK)
+MODEL_FEATURES = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_causal_attention",
+    "decoder_loss_weights",
+    IMAGES,
+    IMAGE_MASK,
+)
 
 
-def task_feature_lengths(inputs: int = INPUT_LENGTH, targets: int = TARGET_LENGTH,
-                         images: int = TRAIN_IMAGES) -> dict[str, int]:
-    """``TASK_FEATURE_LENGTHS`` for seqio.get_dataset: token lengths and the image count N."""
-    return {INPUTS: inputs, TARGETS: targets, IMAGES: images, IMAGE_MASK: images}
+def task_feature_lengths(
+    inputs: int = INPUT_LENGTH, targets: int = TARGET_LENGTH, images: int = TRAIN_IMAGES
+) -> dict[str, int]:
+  """``TASK_FEATURE_LENGTHS`` for seqio.get_dataset: token lengths and the image count N."""
+  return {INPUTS: inputs, TARGETS: targets, IMAGES: images, IMAGE_MASK: images}
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-    """The tasks' output features. ``images`` / ``image_mask`` are not tokens: a pass-through
-    vocabulary satisfies seqio.Feature, and ``required=False`` lets a caller drop them."""
-    no_vocab = seqio.PassThroughVocabulary(size=0)
-    return {
-        INPUTS: seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
-        TARGETS: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32),
-        IMAGES: seqio.Feature(no_vocab, add_eos=False, dtype=tf.uint8, rank=4, required=False),
-        IMAGE_MASK: seqio.Feature(no_vocab, add_eos=False, dtype=tf.bool, rank=1, required=False),
-    }
+  """The tasks' output features. ``images`` / ``image_mask`` are not tokens: a pass-through
+  vocabulary satisfies seqio.Feature, and ``required=False`` lets a caller drop them."""
+  no_vocab = seqio.PassThroughVocabulary(size=0)
+  return {
+      INPUTS: seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+      TARGETS: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32),
+      IMAGES: seqio.Feature(no_vocab, add_eos=False, dtype=tf.uint8, rank=4, required=False),
+      IMAGE_MASK: seqio.Feature(no_vocab, add_eos=False, dtype=tf.bool, rank=1, required=False),
+  }
 
 
 def feature_converter(pack: bool = False) -> MultimodalDecoderFeatureConverter:
-    """The converter to pass to seqio.get_dataset for the model's batches."""
-    return MultimodalDecoderFeatureConverter(pack=pack)
+  """The converter to pass to seqio.get_dataset for the model's batches."""
+  return MultimodalDecoderFeatureConverter(pack=pack)

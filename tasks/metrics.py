@@ -57,6 +57,7 @@ Per task (``TASK_METRICS``; the paper leaves these definitions open, so they are
 * PrecisionFDA — :func:`genomics_metrics`: genotype accuracy; hap.py-style F1 per variant type
   (genotype 0 = no variant; a wrong non-zero genotype is one FN and one FP).
 """
+
 from __future__ import annotations
 
 import collections
@@ -78,6 +79,7 @@ Metrics = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- status values
+
 
 def _status(text: str):
   """A human-readable status value (``seqio.metrics.Text`` when SeqIO is already loaded)."""
@@ -107,6 +109,7 @@ def _no_examples(*names: str) -> Metrics:
 
 
 # ----------------------------------------------------------------------------- target access
+
 
 def _text(value) -> str:
   if isinstance(value, bytes):
@@ -207,8 +210,7 @@ def match_option(prediction, options: Sequence[str]) -> Optional[int]:
       return norm.index(rest)
     if index < len(options):
       return index
-  hits = [i for i, o in enumerate(norm)
-          if o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", pred)]
+  hits = [i for i, o in enumerate(norm) if o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", pred)]
   hits = [i for i in hits if not any(norm[i] != norm[j] and norm[i] in norm[j] for j in hits)]
   if hits and len({norm[i] for i in hits}) == 1:
     return hits[0]
@@ -225,8 +227,10 @@ def _class_index(target, classes: Sequence[str]) -> int:
 
 # ----------------------------------------------------------------------------- question answering
 
-def qa_accuracy(targets, predictions, *, default_options: Optional[Sequence[str]] = None
-                ) -> Metrics:
+
+def qa_accuracy(
+    targets, predictions, *, default_options: Optional[Sequence[str]] = None
+) -> Metrics:
   """Multiple-choice accuracy: the answer is matched to an option (:func:`match_option`).
 
   Options come from each target's ``options``, else ``default_options`` (PubMedQA: yes / no /
@@ -254,7 +258,8 @@ def qa_accuracy(targets, predictions, *, default_options: Optional[Sequence[str]
     out["no_option_count"] = float(no_option)
     if with_options < n:
       out["no_option_count_status"] = _status(
-          f"counted over the {with_options} of {n} examples that carry options")
+          f"counted over the {with_options} of {n} examples that carry options"
+      )
   else:
     out.update(not_computed("no_option_count", "not computed: targets carry no options"))
   return out
@@ -270,8 +275,9 @@ def rouge_l(targets, predictions) -> Metrics:
   n = _check_lengths(targets, predictions)
   if n == 0:
     return _no_examples("rougeL")
-  scores = [_ROUGE.score(answer_of(t), _text(p))["rougeL"].fmeasure
-            for t, p in zip(targets, predictions)]
+  scores = [
+      _ROUGE.score(answer_of(t), _text(p))["rougeL"].fmeasure for t, p in zip(targets, predictions)
+  ]
   return {"rougeL": 100.0 * float(np.mean(scores))}
 
 
@@ -280,8 +286,7 @@ def sacrebleu_corpus(targets, predictions) -> Metrics:
   n = _check_lengths(targets, predictions)
   if n == 0:
     return _no_examples("bleu")
-  score = BLEU().corpus_score([_text(p) for p in predictions],
-                              [[answer_of(t) for t in targets]])
+  score = BLEU().corpus_score([_text(p) for p in predictions], [[answer_of(t) for t in targets]])
   return {"bleu": float(score.score)}
 
 
@@ -298,6 +303,7 @@ def coco_bleu(targets, predictions) -> Metrics:
   :func:`tokenize` instead of the Java PTB tokenizer.
   """
   from pycocoevalcap.bleu.bleu import Bleu  # pylint: disable=g-import-not-at-top
+
   n = _check_lengths(targets, predictions)
   if n == 0:
     return _no_examples("bleu1", "bleu4")
@@ -314,6 +320,7 @@ def cider_d(targets, predictions) -> Metrics:
   that case is flagged in ``cider_d_status``.
   """
   from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
+
   n = _check_lengths(targets, predictions)
   if n == 0:
     return _no_examples("cider_d")
@@ -334,8 +341,11 @@ def summarization_metrics(targets, predictions) -> Metrics:
 
 def report_generation_metrics(targets, predictions) -> Metrics:
   """MIMIC-CXR findings generation: BLEU-1, BLEU-4, ROUGE-L, CIDEr-D."""
-  return {**coco_bleu(targets, predictions), **rouge_l(targets, predictions),
-          **cider_d(targets, predictions)}
+  return {
+      **coco_bleu(targets, predictions),
+      **rouge_l(targets, predictions),
+      **cider_d(targets, predictions),
+  }
 
 
 # ----------------------------------------------------------------------------- VQA
@@ -381,8 +391,12 @@ def vqa_metrics(targets, predictions) -> Metrics:
     answer_type = field_of(target, "answer_type")
     if answer_type:
       by_type[_slug(answer_type)].append(exact[-1])
-  out: Metrics = {"bleu1": float(np.mean(bleu)), "token_f1": 100.0 * float(np.mean(f1)),
-                  "accuracy": 100.0 * float(np.mean(exact)), "num_examples": float(n)}
+  out: Metrics = {
+      "bleu1": float(np.mean(bleu)),
+      "token_f1": 100.0 * float(np.mean(f1)),
+      "accuracy": 100.0 * float(np.mean(exact)),
+      "num_examples": float(n),
+  }
   for answer_type, hits in sorted(by_type.items()):
     out[f"accuracy_{answer_type}"] = 100.0 * float(np.mean(hits))
     out[f"num_{answer_type}"] = float(len(hits))
@@ -392,6 +406,7 @@ def vqa_metrics(targets, predictions) -> Metrics:
 
 
 # ----------------------------------------------------------------------------- classification
+
 
 def softmax(scores) -> np.ndarray:
   """Row-wise softmax: per-option log-likelihoods float[N, C] → probabilities float[N, C]."""
@@ -417,8 +432,10 @@ def option_scores(targets, scores) -> tuple[list, np.ndarray]:
   first: dict[int, Any] = {}
   for target, score in zip(targets, scores_list):
     if field_of(target, "example_index") is None or field_of(target, "option_index") is None:
-      raise ValueError("One score per row needs targets with 'example_index' and "
-                       "'option_index'; otherwise pass float[N, C] scores.")
+      raise ValueError(
+          "One score per row needs targets with 'example_index' and "
+          "'option_index'; otherwise pass float[N, C] scores."
+      )
     example = int(field_of(target, "example_index"))
     rows[example][int(field_of(target, "option_index"))] = float(score)
     first.setdefault(example, target)
@@ -426,8 +443,10 @@ def option_scores(targets, scores) -> tuple[list, np.ndarray]:
   matrix = np.full((len(rows), width), np.nan)
   for row, example in enumerate(sorted(rows)):
     if sorted(rows[example]) != list(range(width)):
-      raise ValueError(f"Example {example} has scores for options {sorted(rows[example])}, "
-                       f"expected 0..{width - 1}.")
+      raise ValueError(
+          f"Example {example} has scores for options {sorted(rows[example])}, "
+          f"expected 0..{width - 1}."
+      )
     matrix[row] = [rows[example][k] for k in range(width)]
   return [first[e] for e in sorted(rows)], matrix
 
@@ -438,11 +457,16 @@ def _without_option_scores(targets, scores) -> Optional[Metrics]:
   plain ``score_batch`` pass gives): no class probabilities can come from that. None otherwise.
   """
   scores_list = list(scores)
-  if (not scores_list or np.ndim(scores_list[0]) != 0
-      or field_of(targets[0], "option_index") is not None):
+  if (
+      not scores_list
+      or np.ndim(scores_list[0]) != 0
+      or field_of(targets[0], "option_index") is not None
+  ):
     return None
-  why = ("not computed: needs one log-likelihood per class option (rank classification, "
-         "medpalm.evaluation), got one score per example")
+  why = (
+      "not computed: needs one log-likelihood per class option (rank classification, "
+      "medpalm.evaluation), got one score per example"
+  )
   return {**not_computed("macro_auc", why), **not_computed("macro_f1", why)}
 
 
@@ -472,20 +496,24 @@ def macro_auc(labels, probabilities, class_names: Sequence[str]) -> Metrics:
       out[f"auc/{name}"] = 100.0 * float(sk_metrics.roc_auc_score(positive, probabilities[:, c]))
       defined.append(out[f"auc/{name}"])
   if not defined:
-    out.update(not_computed(
-        "macro_auc", "undefined: only one class present in targets, AUC needs both "
-        "positives and negatives"))
+    out.update(
+        not_computed(
+            "macro_auc",
+            "undefined: only one class present in targets, AUC needs both "
+            "positives and negatives",
+        )
+    )
     return out
   out["macro_auc"] = float(np.mean(defined))
   if undefined:
     out["macro_auc_status"] = _status(
         f"averaged over {len(defined)} classes; AUC undefined (no positives or no negatives in "
-        f"targets) for: {', '.join(undefined)}")
+        f"targets) for: {', '.join(undefined)}"
+    )
   return out
 
 
-def macro_f1(labels, predicted, class_names: Sequence[str], *, name: str = "macro_f1"
-             ) -> Metrics:
+def macro_f1(labels, predicted, class_names: Sequence[str], *, name: str = "macro_f1") -> Metrics:
   """Per-class F1 (scikit-learn, zero_division=0) and their unweighted mean, in %.
 
   Args:
@@ -498,8 +526,7 @@ def macro_f1(labels, predicted, class_names: Sequence[str], *, name: str = "macr
   if labels.size == 0:
     return _no_examples(name)
   present = sorted((set(labels.tolist()) | set(predicted.tolist())) - {-1})
-  per_class = sk_metrics.f1_score(labels, predicted, labels=present, average=None,
-                                  zero_division=0)
+  per_class = sk_metrics.f1_score(labels, predicted, labels=present, average=None, zero_division=0)
   out: Metrics = {name: 100.0 * float(np.mean(per_class))}
   prefix = "f1" if name == "macro_f1" else name.replace("macro_", "")
   for c, value in zip(present, per_class):
@@ -515,8 +542,11 @@ def classification_text_metrics(targets, predictions, *, classes: Sequence[str])
     return {**_no_examples("accuracy", "macro_f1_generated"), "num_examples": 0.0}
   labels = [_class_index(t, classes) for t in targets]
   predicted = [-1 if (i := match_option(p, classes)) is None else i for p in predictions]
-  out: Metrics = {"accuracy": 100.0 * float(np.mean(np.equal(labels, predicted))),
-                  "no_option_count": float(predicted.count(-1)), "num_examples": float(n)}
+  out: Metrics = {
+      "accuracy": 100.0 * float(np.mean(np.equal(labels, predicted))),
+      "no_option_count": float(predicted.count(-1)),
+      "num_examples": float(n),
+  }
   out.update(macro_f1(labels, predicted, classes, name="macro_f1_generated"))
   return out
 
@@ -534,15 +564,16 @@ def classification_score_metrics(targets, scores, *, classes: Sequence[str]) -> 
     raise ValueError(f"Scores have {matrix.shape[1]} options, the task has {len(classes)}.")
   labels = [_class_index(t, classes) for t in targets]
   probabilities = softmax(matrix)
-  return {**macro_auc(labels, probabilities, classes),
-          **macro_f1(labels, probabilities.argmax(axis=1), classes)}
+  return {
+      **macro_auc(labels, probabilities, classes),
+      **macro_f1(labels, probabilities.argmax(axis=1), classes),
+  }
 
 
 # MIMIC-CXR classification: one binary (No/Yes) question per condition; the paper averages over
 # the five major conditions. Per-condition F1 is the F1 of the positive answer.
 CXR_ANSWERS = ("No", "Yes")
-CXR_MAJOR_CONDITIONS = ("atelectasis", "cardiomegaly", "consolidation", "edema",
-                        "pleural effusion")
+CXR_MAJOR_CONDITIONS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural effusion")
 
 
 def _condition(target) -> str:
@@ -556,14 +587,21 @@ def _per_condition(targets, values, fn) -> tuple[dict[str, float], list[str]]:
   for i, target in enumerate(targets):
     groups[_condition(target)].append(i)
   major = [c for c in CXR_MAJOR_CONDITIONS if c in groups] or sorted(groups)
-  return {c: fn(np.asarray([_class_index(targets[i], CXR_ANSWERS) for i in idx]),
-                [values[i] for i in idx]) for c, idx in groups.items()}, major
+  return {
+      c: fn(
+          np.asarray([_class_index(targets[i], CXR_ANSWERS) for i in idx]), [values[i] for i in idx]
+      )
+      for c, idx in groups.items()
+  }, major
 
 
 def _binary_f1(labels, predicted) -> float:
   predicted = (np.asarray(predicted) == 1).astype(int)
-  return 100.0 * float(sk_metrics.f1_score(np.asarray(labels, dtype=int), predicted,
-                                           labels=[1], average="macro", zero_division=0))
+  return 100.0 * float(
+      sk_metrics.f1_score(
+          np.asarray(labels, dtype=int), predicted, labels=[1], average="macro", zero_division=0
+      )
+  )
 
 
 def _mean_over(per_condition, major, key, out_key) -> Metrics:
@@ -586,8 +624,11 @@ def cxr_text_metrics(targets, predictions) -> Metrics:
   predicted = [-1 if (i := match_option(p, CXR_ANSWERS)) is None else i for p in predictions]
   labels = [_class_index(t, CXR_ANSWERS) for t in targets]
   per_condition, major = _per_condition(targets, predicted, _binary_f1)
-  out: Metrics = {"accuracy": 100.0 * float(np.mean(np.equal(labels, predicted))),
-                  "no_option_count": float(predicted.count(-1)), "num_examples": float(n)}
+  out: Metrics = {
+      "accuracy": 100.0 * float(np.mean(np.equal(labels, predicted))),
+      "no_option_count": float(predicted.count(-1)),
+      "num_examples": float(n),
+  }
   out.update({f"f1_generated/{_slug(c)}": v for c, v in sorted(per_condition.items())})
   out.update(_mean_over(per_condition, major, "F1", "macro_f1_generated"))
   return out
@@ -658,8 +699,13 @@ def _f1_from_counts(prefix: str, counts: Mapping[str, int]) -> Metrics:
   precision = tp / (tp + fp) if tp + fp else 0.0
   recall = tp / (tp + fn) if tp + fn else 0.0
   f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-  out.update({f"{prefix}_precision": 100.0 * precision, f"{prefix}_recall": 100.0 * recall,
-              f"{prefix}_f1": 100.0 * f1})
+  out.update(
+      {
+          f"{prefix}_precision": 100.0 * precision,
+          f"{prefix}_recall": 100.0 * recall,
+          f"{prefix}_f1": 100.0 * f1,
+      }
+  )
   return out
 
 
@@ -677,18 +723,27 @@ def genomics_metrics(targets, predictions) -> Metrics:
   truth = [_class_index(t, GENOTYPES) for t in targets]
   called = [-1 if (i := match_option(p, GENOTYPES)) is None else i for p in predictions]
   kinds = [_text(field_of(t, "variant_type", "")).casefold() for t in targets]
-  out: Metrics = {"accuracy": 100.0 * float(np.mean(np.equal(truth, called))),
-                  "no_option_count": float(called.count(-1)), "num_examples": float(n)}
+  out: Metrics = {
+      "accuracy": 100.0 * float(np.mean(np.equal(truth, called))),
+      "no_option_count": float(called.count(-1)),
+      "num_examples": float(n),
+  }
   out.update(_f1_from_counts("all", variant_counts(truth, called)))
   unknown = sum(k not in ("snp", "indel") for k in kinds)
   for kind in ("snp", "indel"):
     if unknown == n:
-      out.update(not_computed(f"{kind}_f1", "not computed: targets carry no variant_type "
-                              "(snp/indel); see all_f1 for every variant"))
+      out.update(
+          not_computed(
+              f"{kind}_f1",
+              "not computed: targets carry no variant_type "
+              "(snp/indel); see all_f1 for every variant",
+          )
+      )
       continue
     idx = [i for i, k in enumerate(kinds) if k == kind]
-    out.update(_f1_from_counts(kind, variant_counts([truth[i] for i in idx],
-                                                    [called[i] for i in idx])))
+    out.update(
+        _f1_from_counts(kind, variant_counts([truth[i] for i in idx], [called[i] for i in idx]))
+    )
   if unknown:
     out["unknown_variant_type_count"] = float(unknown)
   return out
@@ -701,9 +756,21 @@ def genomics_metrics(targets, predictions) -> Metrics:
 RadGraphScorer = Callable[[Sequence[str], Sequence[str]], Any]
 CheXbertLabeler = Callable[[Sequence[str]], Any]
 CHEXBERT_CONDITIONS = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices", "No Finding")
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+    "No Finding",
+)
 CHEXBERT_FIVE = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
 _PLUGINS: dict[str, Any] = {"radgraph": None, "chexbert": None}
 
@@ -731,8 +798,10 @@ def f1_radgraph(targets, predictions, *, scorer: Optional[RadGraphScorer] = None
   n = _check_lengths(targets, predictions)
   scorer = scorer or _PLUGINS["radgraph"]
   if scorer is None:
-    return not_computed("f1_radgraph", "not computed: no RadGraph scorer installed "
-                        "(tasks.metrics.set_radgraph_scorer)")
+    return not_computed(
+        "f1_radgraph",
+        "not computed: no RadGraph scorer installed " "(tasks.metrics.set_radgraph_scorer)",
+    )
   if n == 0:
     return _no_examples("f1_radgraph")
   try:
@@ -755,8 +824,12 @@ def chexbert_f1(targets, predictions, *, labeler: Optional[CheXbertLabeler] = No
   if labeler is None:
     out: Metrics = {}
     for name in names:
-      out.update(not_computed(name, "not computed: no CheXbert labeler installed "
-                              "(tasks.metrics.set_chexbert_labeler)"))
+      out.update(
+          not_computed(
+              name,
+              "not computed: no CheXbert labeler installed " "(tasks.metrics.set_chexbert_labeler)",
+          )
+      )
     return out
   if n == 0:
     return _no_examples(*names)
@@ -764,8 +837,10 @@ def chexbert_f1(targets, predictions, *, labeler: Optional[CheXbertLabeler] = No
     gold = np.asarray(labeler([answer_of(t) for t in targets])).astype(int) > 0
     pred = np.asarray(labeler([_text(p) for p in predictions])).astype(int) > 0
     if gold.shape != (n, len(CHEXBERT_CONDITIONS)) or pred.shape != gold.shape:
-      raise ValueError(f"labels have shapes {gold.shape}, {pred.shape}; expected "
-                       f"{(n, len(CHEXBERT_CONDITIONS))}")
+      raise ValueError(
+          f"labels have shapes {gold.shape}, {pred.shape}; expected "
+          f"{(n, len(CHEXBERT_CONDITIONS))}"
+      )
   except Exception as error:  # a broken plug-in must not lose the other metrics of a long run
     out = {}
     for name in names:
@@ -775,23 +850,32 @@ def chexbert_f1(targets, predictions, *, labeler: Optional[CheXbertLabeler] = No
   out = {}
   for suffix, cols in (("14", slice(None)), ("5", five)):
     for average in ("micro", "macro"):
-      out[f"{average}_f1_{suffix}"] = 100.0 * float(sk_metrics.f1_score(
-          gold[:, cols], pred[:, cols], average=average, zero_division=0))
+      out[f"{average}_f1_{suffix}"] = 100.0 * float(
+          sk_metrics.f1_score(gold[:, cols], pred[:, cols], average=average, zero_division=0)
+      )
   return out
 
 
 # ----------------------------------------------------------------------------- per-task table
 
-PAD_UFES_20_CLASSES = ("Nevus", "Basal Cell Carcinoma", "Squamous Cell Carcinoma",
-                       "Actinic Keratosis", "Seborrheic Keratosis", "Melanoma")
+PAD_UFES_20_CLASSES = (
+    "Nevus",
+    "Basal Cell Carcinoma",
+    "Squamous Cell Carcinoma",
+    "Actinic Keratosis",
+    "Seborrheic Keratosis",
+    "Melanoma",
+)
 VINDR_MAMMO_CLASSES = ("1", "2", "3", "4", "5")
 CBIS_DDSM_CLASSES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
 PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
 
 
 def _classification(classes: Sequence[str]) -> list[Callable]:
-  return [functools.partial(classification_text_metrics, classes=tuple(classes)),
-          functools.partial(classification_score_metrics, classes=tuple(classes))]
+  return [
+      functools.partial(classification_text_metrics, classes=tuple(classes)),
+      functools.partial(classification_score_metrics, classes=tuple(classes)),
+  ]
 
 
 # task name → SeqIO metric_fns. Generation and scoring metrics are mixed; SeqIO tells them apart

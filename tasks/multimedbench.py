@@ -35,6 +35,7 @@ image datasets (``python -m tasks.prepare``); per-dataset directories can be bou
 the readers' MissingDatasetError (which names the directory and the official files), an image
 dataset not yet prepared raises tasks.prepare.NotPreparedError (which gives the command).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from medpalm import features as medpalm_features
 from tasks import features as feats
 from tasks import images as image_lib
 from tasks import metrics, postprocessors, preprocessors, prompts, readers
@@ -76,8 +78,17 @@ MIXTURE_RATES: dict[str, float] = {
     "precisionfda": 1.56,
     "vqa_rad": 0.15,
 }
-MULTIPLE_CHOICE = ("medqa", "medmcqa", "pubmedqa", "mimic_cxr_classification", "pad_ufes_20",
-                   "vindr_mammo", "cbis_ddsm_mass", "cbis_ddsm_calc", "precisionfda")
+MULTIPLE_CHOICE = (
+    "medqa",
+    "medmcqa",
+    "pubmedqa",
+    "mimic_cxr_classification",
+    "pad_ufes_20",
+    "vindr_mammo",
+    "cbis_ddsm_mass",
+    "cbis_ddsm_calc",
+    "precisionfda",
+)
 VQA = ("vqa_rad", "slake", "path_vqa")
 UPSAMPLED = {"mimic_cxr_classification": "mimic_cxr", "vindr_mammo": "vindr_mammo"}
 DEFAULT_POOL_SIZE = 4096
@@ -88,81 +99,100 @@ SHUFFLE_BUFFER = 1000
 
 
 @gin.configurable("multimedbench_data")
-def data_config(data_dir: str | None = None, dataset_dirs: Mapping[str, str] | None = None,
-                prepared_dir: str | None = None, on_error: str = "raise") -> dict:
-    """Gin-bindable data locations, read when a dataset is built (not at import).
+def data_config(
+    data_dir: str | None = None,
+    dataset_dirs: Mapping[str, str] | None = None,
+    prepared_dir: str | None = None,
+    on_error: str = "raise",
+) -> dict:
+  """Gin-bindable data locations, read when a dataset is built (not at import).
 
-    data_dir: root with one sub-directory per dataset (default $MEDPALM_DATA_DIR).
-    dataset_dirs: per-dataset overrides, e.g. {"mimic_cxr": "/mnt/mimic-cxr-jpg"}.
-    prepared_dir: root of tasks.prepare's output (default $MEDPALM_PREPARED_DIR or
-      <data_dir>/prepared).
-    on_error: what the text readers do with an invalid record: "raise" (an error naming file,
-      line and field) or "skip" (skipped, counted and logged by the reader).
-    """
-    return {"data_dir": data_dir, "dataset_dirs": dict(dataset_dirs or {}),
-            "prepared_dir": prepared_dir, "on_error": on_error}
+  data_dir: root with one sub-directory per dataset (default $MEDPALM_DATA_DIR).
+  dataset_dirs: per-dataset overrides, e.g. {"mimic_cxr": "/mnt/mimic-cxr-jpg"}.
+  prepared_dir: root of tasks.prepare's output (default $MEDPALM_PREPARED_DIR or
+    <data_dir>/prepared).
+  on_error: what the text readers do with an invalid record: "raise" (an error naming file,
+    line and field) or "skip" (skipped, counted and logged by the reader).
+  """
+  return {
+      "data_dir": data_dir,
+      "dataset_dirs": dict(dataset_dirs or {}),
+      "prepared_dir": prepared_dir,
+      "on_error": on_error,
+  }
 
 
 def split_names(task: str) -> tuple[str, ...]:
-    return tuple(readers.get_module(readers.TASK_READERS[task][0]).SPLITS)
+  return tuple(readers.get_module(readers.TASK_READERS[task][0]).SPLITS)
 
 
 # Classification tasks whose metrics include macro-AUC: their score-based metrics
 # (tasks.metrics.classification_score_metrics / cxr_score_metrics) need one log-likelihood per
 # class option, in tasks.metrics.TASK_CLASSES order (see `rank_options`).
-RANK_CLASSIFIED = ("mimic_cxr_classification", "pad_ufes_20", "vindr_mammo", "cbis_ddsm_mass",
-                   "cbis_ddsm_calc")
+RANK_CLASSIFIED = (
+    "mimic_cxr_classification",
+    "pad_ufes_20",
+    "vindr_mammo",
+    "cbis_ddsm_mass",
+    "cbis_ddsm_calc",
+)
 
 
 def canonical_name(task: str) -> str:
-    """``multimedbench_<task>``: the name tasks.metrics and medpalm.paper_results key by."""
-    return f"{PREFIX}_{task}"
+  """``multimedbench_<task>``: the name tasks.metrics and medpalm.paper_results key by."""
+  return f"{PREFIX}_{task}"
 
 
 def metric_fns(task: str) -> list:
-    """The paper's metrics of a task (tasks.metrics.TASK_METRICS). Generation metrics take the
-    postprocessed decode; score-based ones (macro-AUC of the RANK_CLASSIFIED tasks) take
-    per-option log-likelihoods, float[C] per example, which medpalm.evaluation's score function
-    produces by rank classification."""
-    return list(metrics.TASK_METRICS[canonical_name(task)])
+  """The paper's metrics of a task (tasks.metrics.TASK_METRICS). Generation metrics take the
+  postprocessed decode; score-based ones (macro-AUC of the RANK_CLASSIFIED tasks) take
+  per-option log-likelihoods, float[C] per example, which medpalm.evaluation's score function
+  produces by rank classification."""
+  return list(metrics.TASK_METRICS[canonical_name(task)])
 
 
 def postprocess_fn(task: str):
-    """Predictions: strip the trailing period and normalise (tasks.postprocessors); VQA also
-    lower-cases; fixed class sets map to the canonical option text. Targets: the same string as
-    ``answer`` of the mapping tasks.metrics reads (postprocessors.TargetFields)."""
-    if task in VQA:
-        base = postprocessors.normalize_lower
-    elif task in _TASK_OPTIONS:  # fixed class set: canonical option text
-        base = postprocessors.OptionPostprocessor(_TASK_OPTIONS[task])
-    else:
-        base = postprocessors.normalize  # MedQA / MedMCQA options differ per question; free text
-    return postprocessors.TargetFields(base)
+  """Predictions: strip the trailing period and normalise (tasks.postprocessors); VQA also
+  lower-cases; fixed class sets map to the canonical option text. Targets: the same string as
+  ``answer`` of the mapping tasks.metrics reads (postprocessors.TargetFields)."""
+  if task in VQA:
+    base = postprocessors.normalize_lower
+  elif task in _TASK_OPTIONS:  # fixed class set: canonical option text
+    base = postprocessors.OptionPostprocessor(_TASK_OPTIONS[task])
+  else:
+    base = postprocessors.normalize  # MedQA / MedMCQA options differ per question; free text
+  return postprocessors.TargetFields(base)
 
 
 _REGISTERED: dict[str, "TaskConfig"] = {}
 
 
 def task_config(name: str) -> "TaskConfig":
-    """The TaskConfig a task name was registered with (any prefix)."""
-    if name not in _REGISTERED:
-        raise KeyError(f"{name!r} was not registered by tasks.multimedbench")
-    return _REGISTERED[name]
+  """The TaskConfig a task name was registered with (any prefix)."""
+  if name not in _REGISTERED:
+    raise KeyError(f"{name!r} was not registered by tasks.multimedbench")
+  return _REGISTERED[name]
 
 
 def rank_options(name: str) -> tuple[str, ...] | None:
-    """The class options a registered task's score-based metrics expect scores for, in order
-    (e.g. ("No", "Yes") for MIMIC-CXR conditions), or None when the task is not rank-classified.
-    """
-    task = task_config(name).task
-    return metrics.TASK_CLASSES[canonical_name(task)] if task in RANK_CLASSIFIED else None
+  """The class options a registered task's score-based metrics expect scores for, in order
+  (e.g. ("No", "Yes") for MIMIC-CXR conditions), or None when the task is not rank-classified.
+  """
+  task = task_config(name).task
+  return metrics.TASK_CLASSES[canonical_name(task)] if task in RANK_CLASSIFIED else None
 
 
 _TASK_OPTIONS = {
     "pubmedqa": ["yes", "no", "maybe"],
     "mimic_cxr_classification": ["No", "Yes"],
-    "pad_ufes_20": ["Nevus", "Basal Cell Carcinoma", "Squamous Cell Carcinoma", "Actinic Keratosis",
-                    "Seborrheic Keratosis", "Melanoma"],
+    "pad_ufes_20": [
+        "Nevus",
+        "Basal Cell Carcinoma",
+        "Squamous Cell Carcinoma",
+        "Actinic Keratosis",
+        "Seborrheic Keratosis",
+        "Melanoma",
+    ],
     "vindr_mammo": ["1", "2", "3", "4", "5"],
     "cbis_ddsm_mass": ["BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"],
     "cbis_ddsm_calc": ["BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"],
@@ -173,298 +203,311 @@ _TASK_OPTIONS = {
 # --------------------------------------------------------------------------------------------
 # Records and tables (Python side)
 
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """Everything a registered task needs besides the vocabulary (hashable: tables are cached)."""
+  """Everything a registered task needs besides the vocabulary (hashable: tables are cached)."""
 
-    task: str
-    name: str
-    num_image_tokens: int = feats.NUM_IMAGE_TOKENS
-    image_size: int = feats.IMAGE_SIZE
-    exemplar_pool_size: int = DEFAULT_POOL_SIZE
-    data_dir: str | None = None       # overrides multimedbench_data.data_dir / $MEDPALM_DATA_DIR
-    prepared_dir: str | None = None   # overrides multimedbench_data.prepared_dir
+  task: str
+  name: str
+  num_image_tokens: int = feats.NUM_IMAGE_TOKENS
+  image_size: int = feats.IMAGE_SIZE
+  exemplar_pool_size: int = DEFAULT_POOL_SIZE
+  data_dir: str | None = None  # overrides multimedbench_data.data_dir / $MEDPALM_DATA_DIR
+  prepared_dir: str | None = None  # overrides multimedbench_data.prepared_dir
 
-    @property
-    def dataset(self) -> str:
-        return readers.TASK_READERS[self.task][0]
+  @property
+  def dataset(self) -> str:
+    return readers.TASK_READERS[self.task][0]
 
-    @property
-    def template(self) -> prompts.Template:
-        return prompts.TEMPLATES[self.task]
+  @property
+  def template(self) -> prompts.Template:
+    return prompts.TEMPLATES[self.task]
 
 
 def _prepare():
-    # Imported when needed, not at import: `python -m tasks.prepare` runs that module as
-    # __main__, and importing it here first would load it twice.
-    from tasks import prepare
-    return prepare
+  # Imported when needed, not at import: `python -m tasks.prepare` runs that module as
+  # __main__, and importing it here first would load it twice.
+  from tasks import prepare
+
+  return prepare
 
 
 def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, pathlib.Path | None]:
-    """(dataset dir or None = readers' default, prepared root or None)."""
-    conf = data_config()
-    module = readers.get_module(cfg.dataset)
-    root = cfg.data_dir or conf["data_dir"] or os.environ.get(readers.DATA_DIR_ENV)
-    ddir = conf["dataset_dirs"].get(cfg.dataset)
-    ddir = pathlib.Path(ddir) if ddir else (pathlib.Path(root) / module.DATASET_DIR if root
-                                            else None)
-    prepared = cfg.prepared_dir or conf["prepared_dir"]
-    try:
-        proot = _prepare().prepared_root(prepared, root)
-    except _prepare().NotPreparedError:
-        proot = None
-    return ddir, proot
+  """(dataset dir or None = readers' default, prepared root or None)."""
+  conf = data_config()
+  module = readers.get_module(cfg.dataset)
+  root = cfg.data_dir or conf["data_dir"] or os.environ.get(readers.DATA_DIR_ENV)
+  ddir = conf["dataset_dirs"].get(cfg.dataset)
+  ddir = pathlib.Path(ddir) if ddir else (pathlib.Path(root) / module.DATASET_DIR if root else None)
+  prepared = cfg.prepared_dir or conf["prepared_dir"]
+  try:
+    proot = _prepare().prepared_root(prepared, root)
+  except _prepare().NotPreparedError:
+    proot = None
+  return ddir, proot
 
 
 def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path | None, dict]:
-    """Records of one split (+ the prepared split directory and manifest for image tasks)."""
-    ddir, proot = _locations(cfg)
-    if cfg.task not in IMAGE_TASKS:
-        result = readers.read_task(cfg.task, split, data_dir=ddir,
-                                   on_error=data_config()["on_error"])
-        return result.records, None, {}
-    if proot is None:
-        raise _prepare().NotPreparedError(
-            f"{cfg.name}: images must be prepared first: set ${readers.DATA_DIR_ENV} (or "
-            f"${_prepare().PREPARED_ENV}) and run `python -m tasks.prepare {cfg.dataset}`")
-    out, manifest = _prepare().load_manifest(proot, cfg.dataset, cfg.image_size, split)
-    path = out / f"records-{cfg.task}.jsonl"
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return records, out, manifest
+  """Records of one split (+ the prepared split directory and manifest for image tasks)."""
+  ddir, proot = _locations(cfg)
+  if cfg.task not in IMAGE_TASKS:
+    result = readers.read_task(cfg.task, split, data_dir=ddir, on_error=data_config()["on_error"])
+    return result.records, None, {}
+  if proot is None:
+    raise _prepare().NotPreparedError(
+        f"{cfg.name}: images must be prepared first: set ${readers.DATA_DIR_ENV} (or "
+        f"${_prepare().PREPARED_ENV}) and run `python -m tasks.prepare {cfg.dataset}`"
+    )
+  out, manifest = _prepare().load_manifest(proot, cfg.dataset, cfg.image_size, split)
+  path = out / f"records-{cfg.task}.jsonl"
+  with open(path, encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return records, out, manifest
 
 
 @functools.lru_cache(maxsize=64)
 def _exemplar_pool(cfg: TaskConfig) -> tuple[tuple[dict, ...], tuple[str, ...]]:
-    """(pool records, rendered exemplar texts) drawn from the training split."""
-    if cfg.template.num_shots == 0:
-        return (), ()
-    train, _, _ = _read_records(cfg, "train")
-    pool = prompts.exemplar_pool(train, cfg.exemplar_pool_size, salt=cfg.task)
-    return tuple(pool), tuple(cfg.template.exemplar(r) for r in pool)
+  """(pool records, rendered exemplar texts) drawn from the training split."""
+  if cfg.template.num_shots == 0:
+    return (), ()
+  train, _, _ = _read_records(cfg, "train")
+  pool = prompts.exemplar_pool(train, cfg.exemplar_pool_size, salt=cfg.task)
+  return tuple(pool), tuple(cfg.template.exemplar(r) for r in pool)
 
 
 @dataclasses.dataclass
 class _Table:
-    columns: dict[str, np.ndarray]      # per example, see preprocessors' module docstring
-    image_keys: list[str]               # per example (image tasks)
-    shard_dir: pathlib.Path | None
-    manifest: dict
+  columns: dict[str, np.ndarray]  # per example, see preprocessors' module docstring
+  image_keys: list[str]  # per example (image tasks)
+  shard_dir: pathlib.Path | None
+  manifest: dict
 
 
 @functools.lru_cache(maxsize=64)
 def _table(cfg: TaskConfig, split: str) -> _Table:
-    records, shard_dir, manifest = _read_records(cfg, split)
-    if split == "train" and cfg.task in UPSAMPLED:
-        module = readers.get_module(UPSAMPLED[cfg.task])
-        records = readers.expand_repeats(records, module.train_repeats)
-    template = cfg.template
-    pool, _ = _exemplar_pool(cfg)
-    k = template.num_shots
-    ids, queries, exemplars, targets = [], [], [], []
-    for r in records:
-        query = template.query(r)
-        if tuple(s.role for s in query) != template.query_roles:
-            raise ValueError(f"{cfg.name}: record {r.get('id')!r} renders an unexpected segment "
-                             "layout")
-        picks = prompts.choose_exemplars(r, pool, k, salt=cfg.task)
-        ids.append(str(r["id"]))
-        queries.append([s.text for s in query])
-        exemplars.append(picks + [-1] * (k - len(picks)))
-        targets.append(template.target(r))
-    q = len(template.query_roles)
-    columns = {
-        "id": np.asarray(ids, dtype=object),
-        "query": np.asarray(queries, dtype=object).reshape(len(records), q),
-        "exemplars": np.asarray(exemplars, dtype=np.int32).reshape(len(records), k),
-        "targets": np.asarray(targets, dtype=object),
-    }
-    if split != "train":
-        columns.update(_target_field_columns(records))
-    keys = [r.get("image_key", "") for r in records] if cfg.task in IMAGE_TASKS else []
-    return _Table(columns, keys, shard_dir, manifest)
+  records, shard_dir, manifest = _read_records(cfg, split)
+  if split == "train" and cfg.task in UPSAMPLED:
+    module = readers.get_module(UPSAMPLED[cfg.task])
+    records = readers.expand_repeats(records, module.train_repeats)
+  template = cfg.template
+  pool, _ = _exemplar_pool(cfg)
+  k = template.num_shots
+  ids, queries, exemplars, targets = [], [], [], []
+  for r in records:
+    query = template.query(r)
+    if tuple(s.role for s in query) != template.query_roles:
+      raise ValueError(
+          f"{cfg.name}: record {r.get('id')!r} renders an unexpected segment " "layout"
+      )
+    picks = prompts.choose_exemplars(r, pool, k, salt=cfg.task)
+    ids.append(str(r["id"]))
+    queries.append([s.text for s in query])
+    exemplars.append(picks + [-1] * (k - len(picks)))
+    targets.append(template.target(r))
+  q = len(template.query_roles)
+  columns = {
+      "id": np.asarray(ids, dtype=object),
+      "query": np.asarray(queries, dtype=object).reshape(len(records), q),
+      "exemplars": np.asarray(exemplars, dtype=np.int32).reshape(len(records), k),
+      "targets": np.asarray(targets, dtype=object),
+  }
+  if split != "train":
+    columns.update(_target_field_columns(records))
+  keys = [r.get("image_key", "") for r in records] if cfg.task in IMAGE_TASKS else []
+  return _Table(columns, keys, shard_dir, manifest)
 
 
 def _target_field_columns(records: list[dict]) -> dict[str, np.ndarray]:
-    """The per-example features of postprocessors.TARGET_FIELDS, from the reader's records.
+  """The per-example features of postprocessors.TARGET_FIELDS, from the reader's records.
 
-    answer_options: object[E, C] (C = the widest option list, at least 1; padded with "").
-    answer_type / condition / variant_type: object[E] ("" where the record has none; variant
-    types lower-cased, "snp" / "indel", as tasks.metrics counts them).
-    Only evaluation splits carry them: training never reads them, and its prompt preprocessing
-    stays a plain parallel map (see `_carry_target_fields`).
-    """
-    options = [[str(o) for o in (r.get("options") or [])] for r in records]
-    width = max([1] + [len(o) for o in options])
-    text = lambda r, key: str(r.get(key) or "")
-    return {
-        "answer_options": np.asarray([o + [""] * (width - len(o)) for o in options],
-                                     dtype=object).reshape(len(records), width),
-        "answer_type": np.asarray([text(r, "answer_type") for r in records], dtype=object),
-        "condition": np.asarray([text(r, "condition") for r in records], dtype=object),
-        "variant_type": np.asarray([text(r, "variant_type").lower() for r in records],
-                                   dtype=object),
-    }
+  answer_options: object[E, C] (C = the widest option list, at least 1; padded with "").
+  answer_type / condition / variant_type: object[E] ("" where the record has none; variant
+  types lower-cased, "snp" / "indel", as tasks.metrics counts them).
+  Only evaluation splits carry them: training never reads them, and its prompt preprocessing
+  stays a plain parallel map (see `_carry_target_fields`).
+  """
+  options = [[str(o) for o in (r.get("options") or [])] for r in records]
+  width = max([1] + [len(o) for o in options])
+  text = lambda r, key: str(r.get(key) or "")
+  return {
+      "answer_options": np.asarray(
+          [o + [""] * (width - len(o)) for o in options], dtype=object
+      ).reshape(len(records), width),
+      "answer_type": np.asarray([text(r, "answer_type") for r in records], dtype=object),
+      "condition": np.asarray([text(r, "condition") for r in records], dtype=object),
+      "variant_type": np.asarray([text(r, "variant_type").lower() for r in records], dtype=object),
+  }
 
 
 def _carry_target_fields(prep):
-    """Wraps a prompt preprocessor (which builds its output afresh) so that the
-    postprocessors.TARGET_FIELDS features of the source reach the task's examples.
+  """Wraps a prompt preprocessor (which builds its output afresh) so that the
+  postprocessors.TARGET_FIELDS features of the source reach the task's examples.
 
-    Each example runs through ``prep`` as a one-element dataset and gets its fields back; the
-    ``interleave`` keeps the source order (one element per input, block length 1) and runs in
-    parallel. Sources without the fields (the train split) take ``prep`` as is.
-    """
-    def preprocessor(ds, sequence_length=None, output_features=None):
-        run = functools.partial(prep, sequence_length=sequence_length,
-                                output_features=output_features)
-        carried = [k for k in postprocessors.TARGET_FIELDS if k in ds.element_spec]
-        if not carried:
-            return run(ds)
+  Each example runs through ``prep`` as a one-element dataset and gets its fields back; the
+  ``interleave`` keeps the source order (one element per input, block length 1) and runs in
+  parallel. Sources without the fields (the train split) take ``prep`` as is.
+  """
 
-        def one(ex):
-            fields = {k: ex[k] for k in carried}
-            core = tf.data.Dataset.from_tensors({k: v for k, v in ex.items() if k not in carried})
-            return run(core).map(lambda out: {**out, **fields})
+  def preprocessor(ds, sequence_length=None, output_features=None):
+    run = functools.partial(prep, sequence_length=sequence_length, output_features=output_features)
+    carried = [k for k in postprocessors.TARGET_FIELDS if k in ds.element_spec]
+    if not carried:
+      return run(ds)
 
-        return ds.interleave(one, cycle_length=8, block_length=1,
-                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def one(ex):
+      fields = {k: ex[k] for k in carried}
+      core = tf.data.Dataset.from_tensors({k: v for k, v in ex.items() if k not in carried})
+      return run(core).map(lambda out: {**out, **fields})
 
-    return preprocessor
+    return ds.interleave(
+        one, cycle_length=8, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+  return preprocessor
 
 
 # --------------------------------------------------------------------------------------------
 # tf.data sources
 
+
 def _zero_image(ex, size: int):
-    ex = dict(ex)
-    ex["images"] = tf.zeros([1, size, size, 3], tf.uint8)
-    ex["image_mask"] = tf.zeros([1], tf.bool)
-    return ex
+  ex = dict(ex)
+  ex["images"] = tf.zeros([1, size, size, 3], tf.uint8)
+  ex["image_mask"] = tf.zeros([1], tf.bool)
+  return ex
 
 
 def _parse_image(size: int):
-    spec = {"key": tf.io.FixedLenFeature([], tf.string),
-            "image": tf.io.FixedLenFeature([], tf.string)}
+  spec = {
+      "key": tf.io.FixedLenFeature([], tf.string),
+      "image": tf.io.FixedLenFeature([], tf.string),
+  }
 
-    def parse(record):
-        ex = tf.io.parse_single_example(record, spec)
-        image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), [size, size, 3])
-        return ex["key"], image
+  def parse(record):
+    ex = tf.io.parse_single_example(record, spec)
+    image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), [size, size, 3])
+    return ex["key"], image
 
-    return parse
+  return parse
 
 
 def _constant(col: np.ndarray) -> tf.Tensor:
-    return tf.constant(col.tolist() if col.dtype == object else col)
+  return tf.constant(col.tolist() if col.dtype == object else col)
 
 
-def _image_dataset(cfg: TaskConfig, table: _Table, split: str, shuffle: bool, seed
-                   ) -> tf.data.Dataset:
-    """Examples joined with their prepared image.
+def _image_dataset(
+    cfg: TaskConfig, table: _Table, split: str, shuffle: bool, seed
+) -> tf.data.Dataset:
+  """Examples joined with their prepared image.
 
-    Shard i holds the images keys[i*shard_size:(i+1)*shard_size] (minus failed ones), in order;
-    the table's rows are grouped per image in the same order, so each shard is zipped with its
-    slice of groups and every group expanded into its examples (an image without examples yields
-    nothing). Shuffling permutes the shards and interleaves four at a time; seqio's buffer then
-    mixes examples.
-    """
-    manifest, sdir = table.manifest, table.shard_dir
-    keys = json.loads((sdir / "keys.json").read_text())
-    size = manifest["shard_size"]
-    good_per_shard, good_keys = [], []
-    for i, name in enumerate(manifest["shards"]):
-        failed = set(json.loads((sdir / (name + ".failed.json")).read_text()))
-        shard_keys = [k for k in keys[i * size:(i + 1) * size] if k not in failed]
-        good_per_shard.append(len(shard_keys))
-        good_keys += shard_keys
-    position = {k: i for i, k in enumerate(good_keys)}
-    missing = [k for k in table.image_keys if k not in position]
-    if missing:
-        raise _prepare().NotPreparedError(
-            f"{cfg.name}/{split}: {len(missing)} example image(s) are not in the prepared shards "
-            f"(first: {missing[0]}); rerun `python -m tasks.prepare {cfg.dataset}`")
-    where = np.asarray([position[k] for k in table.image_keys], np.int64)
-    order = np.argsort(where, kind="stable")
-    counts = np.bincount(where, minlength=len(good_keys)).astype(np.int64)
-    grouped = {name: tf.RaggedTensor.from_row_lengths(_constant(col[order]), counts)
-               for name, col in table.columns.items()}
-    offsets = tf.constant(np.concatenate([[0], np.cumsum(good_per_shard)]), tf.int64)
-    files = tf.constant([str(sdir / name) for name in manifest["shards"]])
-    parse = _parse_image(cfg.image_size)
+  Shard i holds the images keys[i*shard_size:(i+1)*shard_size] (minus failed ones), in order;
+  the table's rows are grouped per image in the same order, so each shard is zipped with its
+  slice of groups and every group expanded into its examples (an image without examples yields
+  nothing). Shuffling permutes the shards and interleaves four at a time; seqio's buffer then
+  mixes examples.
+  """
+  manifest, sdir = table.manifest, table.shard_dir
+  keys = json.loads((sdir / "keys.json").read_text())
+  size = manifest["shard_size"]
+  good_per_shard, good_keys = [], []
+  for i, name in enumerate(manifest["shards"]):
+    failed = set(json.loads((sdir / (name + ".failed.json")).read_text()))
+    shard_keys = [k for k in keys[i * size : (i + 1) * size] if k not in failed]
+    good_per_shard.append(len(shard_keys))
+    good_keys += shard_keys
+  position = {k: i for i, k in enumerate(good_keys)}
+  missing = [k for k in table.image_keys if k not in position]
+  if missing:
+    raise _prepare().NotPreparedError(
+        f"{cfg.name}/{split}: {len(missing)} example image(s) are not in the prepared shards "
+        f"(first: {missing[0]}); rerun `python -m tasks.prepare {cfg.dataset}`"
+    )
+  where = np.asarray([position[k] for k in table.image_keys], np.int64)
+  order = np.argsort(where, kind="stable")
+  counts = np.bincount(where, minlength=len(good_keys)).astype(np.int64)
+  grouped = {
+      name: tf.RaggedTensor.from_row_lengths(_constant(col[order]), counts)
+      for name, col in table.columns.items()
+  }
+  offsets = tf.constant(np.concatenate([[0], np.cumsum(good_per_shard)]), tf.int64)
+  files = tf.constant([str(sdir / name) for name in manifest["shards"]])
+  parse = _parse_image(cfg.image_size)
 
-    def shard(i):
-        images = tf.data.TFRecordDataset(files[i]).map(parse)
-        groups = tf.data.Dataset.range(offsets[i], offsets[i + 1]).map(
-            lambda g: {name: col[g] for name, col in grouped.items()})
-        return tf.data.Dataset.zip(images, groups)
+  def shard(i):
+    images = tf.data.TFRecordDataset(files[i]).map(parse)
+    groups = tf.data.Dataset.range(offsets[i], offsets[i + 1]).map(
+        lambda g: {name: col[g] for name, col in grouped.items()}
+    )
+    return tf.data.Dataset.zip(images, groups)
 
-    def expand(image_record, group):
-        _, image = image_record
-        n = tf.shape(group["id"])[0]
-        per_example = dict(group)
-        per_example["images"] = tf.repeat(image[tf.newaxis, tf.newaxis], n, axis=0)
-        per_example["image_mask"] = tf.ones([n, 1], tf.bool)
-        return tf.data.Dataset.from_tensor_slices(per_example)
+  def expand(image_record, group):
+    _, image = image_record
+    n = tf.shape(group["id"])[0]
+    per_example = dict(group)
+    per_example["images"] = tf.repeat(image[tf.newaxis, tf.newaxis], n, axis=0)
+    per_example["image_mask"] = tf.ones([n, 1], tf.bool)
+    return tf.data.Dataset.from_tensor_slices(per_example)
 
-    order_ds = tf.data.Dataset.range(len(manifest["shards"]))
-    if shuffle:
-        order_ds = order_ds.shuffle(len(manifest["shards"]), seed=seed,
-                                    reshuffle_each_iteration=True)
-    return order_ds.interleave(shard, cycle_length=min(4, len(manifest["shards"]))
-                               ).flat_map(expand)
+  order_ds = tf.data.Dataset.range(len(manifest["shards"]))
+  if shuffle:
+    order_ds = order_ds.shuffle(len(manifest["shards"]), seed=seed, reshuffle_each_iteration=True)
+  return order_ds.interleave(shard, cycle_length=min(4, len(manifest["shards"]))).flat_map(expand)
 
 
 # Train-time augmentation where the paper names one (tasks.images: pure functions of image, seed).
-AUGMENT = {"pad_ufes_20": image_lib.augment_pad_ufes, "vindr_mammo": image_lib.augment_mammography,
-           "cbis_ddsm_mass": image_lib.augment_mammography,
-           "cbis_ddsm_calc": image_lib.augment_mammography}
+AUGMENT = {
+    "pad_ufes_20": image_lib.augment_pad_ufes,
+    "vindr_mammo": image_lib.augment_mammography,
+    "cbis_ddsm_mass": image_lib.augment_mammography,
+    "cbis_ddsm_calc": image_lib.augment_mammography,
+}
 
 
 def augmented(ds: tf.data.Dataset, fn, seed: int) -> tf.data.Dataset:
-    """``ds`` with ``images[0]`` replaced by ``fn(image, s)`` for a per-example seed ``s``.
+  """``ds`` with ``images[0]`` replaced by ``fn(image, s)`` for a per-example seed ``s``.
 
-    ``s`` is the next value of ``tf.data.Dataset.random(seed)``, which restarts with the source at
-    each epoch: an example's seed is that of its position in the epoch, so it changes between
-    epochs when the source order does (shuffled shards), and stays the same for a dataset held in
-    one shard. Per-epoch re-randomisation (``rerandomize_each_iteration``, or a reshuffle before
-    the seeds) was measured not to restore exactly from an iterator checkpoint across epoch
-    boundaries, so it is not used: resuming reproduces the same images (ENV_NOTES 13).
-    The augmentation runs in a ``stateful=False`` tf.numpy_function: it is pure in (image, s),
-    and tf.train.Checkpoint saves iterators through it without any external-state option.
-    """
-    seeds = tf.data.Dataset.random(seed=seed)
+  ``s`` is the next value of ``tf.data.Dataset.random(seed)``, which restarts with the source at
+  each epoch: an example's seed is that of its position in the epoch, so it changes between
+  epochs when the source order does (shuffled shards), and stays the same for a dataset held in
+  one shard. Per-epoch re-randomisation (``rerandomize_each_iteration``, or a reshuffle before
+  the seeds) was measured not to restore exactly from an iterator checkpoint across epoch
+  boundaries, so it is not used: resuming reproduces the same images (ENV_NOTES 13).
+  The augmentation runs in a ``stateful=False`` tf.numpy_function: it is pure in (image, s),
+  and tf.train.Checkpoint saves iterators through it without any external-state option.
+  """
+  seeds = tf.data.Dataset.random(seed=seed)
 
-    def apply(ex, s):
-        image = ex["images"][0]
-        out = tf.numpy_function(lambda im, sd: fn(im, int(sd) % (1 << 63)), [image, s],
-                                tf.uint8, stateful=False)
-        out = tf.ensure_shape(out, image.shape)
-        return {**ex, "images": tf.concat([out[tf.newaxis], ex["images"][1:]], axis=0)}
+  def apply(ex, s):
+    image = ex["images"][0]
+    out = tf.numpy_function(
+        lambda im, sd: fn(im, int(sd) % (1 << 63)), [image, s], tf.uint8, stateful=False
+    )
+    out = tf.ensure_shape(out, image.shape)
+    return {**ex, "images": tf.concat([out[tf.newaxis], ex["images"][1:]], axis=0)}
 
-    return tf.data.Dataset.zip(ds, seeds).map(apply)
+  return tf.data.Dataset.zip(ds, seeds).map(apply)
 
 
 def _dataset_fn(split: str, shuffle_files: bool, seed=None, *, cfg: TaskConfig) -> tf.data.Dataset:
-    """The task's source. ``shuffle_files``: text tasks permute the whole table (an index
-    shuffle, cheap to checkpoint), image tasks the shard order. The train split of PAD-UFES-20
-    and the mammography tasks is augmented (see `augmented`)."""
-    table = _table(cfg, split)
-    if cfg.task in IMAGE_TASKS:
-        ds = _image_dataset(cfg, table, split, shuffle_files, seed)
-        if split == "train" and cfg.task in AUGMENT:
-            aug_seed = prompts._hash64(cfg.task, "augment") if seed is None else int(seed)
-            ds = augmented(ds, AUGMENT[cfg.task], aug_seed % (1 << 62))
-    else:
-        columns = {name: _constant(col) for name, col in table.columns.items()}
-        ds = tf.data.Dataset.range(len(table.columns["id"]))
-        if shuffle_files:
-            ds = ds.shuffle(len(table.columns["id"]), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda i: {name: col[i] for name, col in columns.items()})
-        ds = ds.map(functools.partial(_zero_image, size=cfg.image_size))
-    name = tf.constant(cfg.name)
-    return ds.map(lambda ex: {**ex, "task_name": name})
+  """The task's source. ``shuffle_files``: text tasks permute the whole table (an index
+  shuffle, cheap to checkpoint), image tasks the shard order. The train split of PAD-UFES-20
+  and the mammography tasks is augmented (see `augmented`)."""
+  table = _table(cfg, split)
+  if cfg.task in IMAGE_TASKS:
+    ds = _image_dataset(cfg, table, split, shuffle_files, seed)
+    if split == "train" and cfg.task in AUGMENT:
+      aug_seed = prompts._hash64(cfg.task, "augment") if seed is None else int(seed)
+      ds = augmented(ds, AUGMENT[cfg.task], aug_seed % (1 << 62))
+  else:
+    columns = {name: _constant(col) for name, col in table.columns.items()}
+    ds = tf.data.Dataset.range(len(table.columns["id"]))
+    if shuffle_files:
+      ds = ds.shuffle(len(table.columns["id"]), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda i: {name: col[i] for name, col in columns.items()})
+    ds = ds.map(functools.partial(_zero_image, size=cfg.image_size))
+  name = tf.constant(cfg.name)
+  return ds.map(lambda ex: {**ex, "task_name": name})
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,100 +517,131 @@ MIXING_PERIOD = 10_000
 
 
 def mixing_schedule(rates, period: int = MIXING_PERIOD) -> np.ndarray:
-    """int32[period]: task indices in which task i appears round(rate_i / sum · period) times
-    (largest remainders), spread evenly (smooth weighted round robin), so every window of the
-    schedule holds each task within about one example of its share."""
-    rates = np.asarray(rates, np.float64)
-    if rates.ndim != 1 or not len(rates) or (rates < 0).any() or rates.sum() <= 0:
-        raise ValueError(f"mixing rates must be non-negative with a positive sum, got {rates}")
-    exact = rates / rates.sum() * period
-    counts = np.floor(exact).astype(np.int64)
-    for i in np.argsort(-(exact - counts), kind="stable")[:period - counts.sum()]:
-        counts[i] += 1
-    credit = np.zeros(len(rates), np.int64)
-    schedule = np.empty(period, np.int32)
-    for step in range(period):
-        credit += counts
-        pick = int(np.argmax(credit))
-        credit[pick] -= period
-        schedule[step] = pick
-    return schedule
+  """int32[period]: task indices in which task i appears round(rate_i / sum · period) times
+  (largest remainders), spread evenly (smooth weighted round robin), so every window of the
+  schedule holds each task within about one example of its share."""
+  rates = np.asarray(rates, np.float64)
+  if rates.ndim != 1 or not len(rates) or (rates < 0).any() or rates.sum() <= 0:
+    raise ValueError(f"mixing rates must be non-negative with a positive sum, got {rates}")
+  exact = rates / rates.sum() * period
+  counts = np.floor(exact).astype(np.int64)
+  for i in np.argsort(-(exact - counts), kind="stable")[: period - counts.sum()]:
+    counts[i] += 1
+  credit = np.zeros(len(rates), np.int64)
+  schedule = np.empty(period, np.int32)
+  for step in range(period):
+    credit += counts
+    pick = int(np.argmax(credit))
+    credit[pick] -= period
+    schedule[step] = pick
+  return schedule
 
 
 def proportional_interleave(datasets, rates, seed=None):
-    """A seqio Mixture ``sample_fn``: interleave the task datasets along mixing_schedule instead
-    of sampling them at random. Rates hold exactly at every scale (the paper: rates chosen so that
-    each task appears in every batch — random sampling would miss a 1 % task in a quarter of
-    128-example batches) and the choice sequence is a checkpointable dataset. ``seed`` rotates
-    the schedule's starting point. Dynamic (dataset-valued) rates fall back to random sampling."""
-    if isinstance(rates, tf.data.Dataset):
-        return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed,
-                                                    stop_on_empty_dataset=True)
-    schedule = mixing_schedule(rates)
-    if seed is not None:
-        schedule = np.roll(schedule, -(int(seed) % len(schedule)))
-    choice = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).repeat()
-    return tf.data.Dataset.choose_from_datasets(datasets, choice, stop_on_empty_dataset=True)
+  """A seqio Mixture ``sample_fn``: interleave the task datasets along mixing_schedule instead
+  of sampling them at random. Rates hold exactly at every scale (the paper: rates chosen so that
+  each task appears in every batch — random sampling would miss a 1 % task in a quarter of
+  128-example batches) and the choice sequence is a checkpointable dataset. ``seed`` rotates
+  the schedule's starting point. Dynamic (dataset-valued) rates fall back to random sampling."""
+  if isinstance(rates, tf.data.Dataset):
+    return tf.data.Dataset.sample_from_datasets(
+        datasets, rates, seed=seed, stop_on_empty_dataset=True
+    )
+  schedule = mixing_schedule(rates)
+  if seed is not None:
+    schedule = np.roll(schedule, -(int(seed) % len(schedule)))
+  choice = tf.data.Dataset.from_tensor_slices(tf.constant(schedule, tf.int64)).repeat()
+  return tf.data.Dataset.choose_from_datasets(datasets, choice, stop_on_empty_dataset=True)
 
 
 # --------------------------------------------------------------------------------------------
 # Registration
 
-def register(cfg: TaskConfig, vocabulary: seqio.Vocabulary,
-             shuffle_buffer_size: int = SHUFFLE_BUFFER) -> seqio.Task:
-    """Registers one task (replacing a previous registration of the same name)."""
-    template = cfg.template
 
-    def prompt_preprocessor(ds, sequence_length=None, output_features=None):
-        # Builds the prompt tokens; the exemplar table is read when the dataset is built.
-        _, texts = _exemplar_pool(cfg)
-        prep = preprocessors.make_prompt_preprocessor(
-            instruction=template.instruction + "\n" if template.instruction else "",
-            exemplar_texts=texts, query_roles=template.query_roles,
-            num_shots=template.num_shots, num_image_tokens=cfg.num_image_tokens)
-        return _carry_target_fields(prep)(ds, sequence_length=sequence_length,
-                                          output_features=output_features)
+def register(
+    cfg: TaskConfig, vocabulary: seqio.Vocabulary, shuffle_buffer_size: int = SHUFFLE_BUFFER
+) -> seqio.Task:
+  """Registers one task (replacing a previous registration of the same name)."""
+  template = cfg.template
 
-    seqio.TaskRegistry.remove(cfg.name)
-    _REGISTERED[cfg.name] = cfg
-    return seqio.TaskRegistry.add(
-        cfg.name,
-        source=seqio.FunctionDataSource(
-            functools.partial(_dataset_fn, cfg=cfg), splits=split_names(cfg.task)),
-        preprocessors=[prompt_preprocessor, seqio.preprocessors.append_eos_after_trim],
-        output_features=feats.output_features(vocabulary),
-        postprocess_fn=postprocess_fn(cfg.task),
-        metric_fns=metric_fns(cfg.task),
-        shuffle_buffer_size=shuffle_buffer_size,
+  def prompt_preprocessor(ds, sequence_length=None, output_features=None):
+    # Builds the prompt tokens; the exemplar table is read when the dataset is built.
+    _, texts = _exemplar_pool(cfg)
+    prep = preprocessors.make_prompt_preprocessor(
+        instruction=template.instruction + "\n" if template.instruction else "",
+        exemplar_texts=texts,
+        query_roles=template.query_roles,
+        num_shots=template.num_shots,
+        num_image_tokens=cfg.num_image_tokens,
+    )
+    return _carry_target_fields(prep)(
+        ds, sequence_length=sequence_length, output_features=output_features
     )
 
+  seqio.TaskRegistry.remove(cfg.name)
+  _REGISTERED[cfg.name] = cfg
+  options = rank_options(cfg.name)
+  medpalm_features.register_task_info(
+      cfg.name,
+      result_name=canonical_name(cfg.task),
+      rank_targets=[preprocessors.TARGET_PREFIX + prompts.with_period(o) for o in options]
+      if options
+      else None,
+  )
+  return seqio.TaskRegistry.add(
+      cfg.name,
+      source=seqio.FunctionDataSource(
+          functools.partial(_dataset_fn, cfg=cfg), splits=split_names(cfg.task)
+      ),
+      preprocessors=[prompt_preprocessor, seqio.preprocessors.append_eos_after_trim],
+      output_features=feats.output_features(vocabulary),
+      postprocess_fn=postprocess_fn(cfg.task),
+      metric_fns=metric_fns(cfg.task),
+      shuffle_buffer_size=shuffle_buffer_size,
+  )
 
-def register_all(*, prefix: str = PREFIX, vocabulary: seqio.Vocabulary | None = None,
-                 num_image_tokens: int = feats.NUM_IMAGE_TOKENS,
-                 image_size: int = feats.IMAGE_SIZE, exemplar_pool_size: int = DEFAULT_POOL_SIZE,
-                 data_dir: str | None = None, prepared_dir: str | None = None,
-                 demo_tasks: tuple[str, ...] | None = None,
-                 shuffle_buffer_size: int = SHUFFLE_BUFFER) -> list[str]:
-    """Registers the 14 tasks ``<prefix>_<task>`` and the mixtures ``<prefix>``,
-    ``<prefix>_eval``, ``<prefix>_demo``; returns the task names.
 
-    ``import tasks`` calls this once with the defaults (paper settings: 256 image tokens at
-    224×224, vocabulary from $MEDPALM_SPM_MODEL). Tests register a second set under another
-    prefix with a small image and token count.
-    """
-    vocabulary = vocabulary or vocab_lib.get_vocabulary()
-    names = []
-    for task in TASKS:
-        cfg = TaskConfig(task=task, name=f"{prefix}_{task}", num_image_tokens=num_image_tokens,
-                         image_size=image_size, exemplar_pool_size=exemplar_pool_size,
-                         data_dir=data_dir, prepared_dir=prepared_dir)
-        register(cfg, vocabulary, shuffle_buffer_size)
-        names.append(cfg.name)
-    for name in (prefix, f"{prefix}_eval", f"{prefix}_demo"):
-        seqio.MixtureRegistry.remove(name)
-    seqio.MixtureRegistry.add(prefix, [(f"{prefix}_{t}", r) for t, r in MIXTURE_RATES.items()],
-                              sample_fn=proportional_interleave)
-    seqio.MixtureRegistry.add(f"{prefix}_eval", names, default_rate=1.0)
-    demo = demo_tasks or tuple(t for t in TASKS if t not in EVAL_ONLY)
-    seqio.MixtureRegistry.add(f"{prefix}_demo", [f"{prefix}_{t}" for t in demo], default_rate=1.0)
-    return names
+def register_all(
+    *,
+    prefix: str = PREFIX,
+    vocabulary: seqio.Vocabulary | None = None,
+    num_image_tokens: int = feats.NUM_IMAGE_TOKENS,
+    image_size: int = feats.IMAGE_SIZE,
+    exemplar_pool_size: int = DEFAULT_POOL_SIZE,
+    data_dir: str | None = None,
+    prepared_dir: str | None = None,
+    demo_tasks: tuple[str, ...] | None = None,
+    shuffle_buffer_size: int = SHUFFLE_BUFFER,
+) -> list[str]:
+  """Registers the 14 tasks ``<prefix>_<task>`` and the mixtures ``<prefix>``,
+  ``<prefix>_eval``, ``<prefix>_demo``; returns the task names.
+
+  ``import tasks`` calls this once with the defaults (paper settings: 256 image tokens at
+  224×224, vocabulary from $MEDPALM_SPM_MODEL). Tests register a second set under another
+  prefix with a small image and token count.
+  """
+  vocabulary = vocabulary or vocab_lib.get_vocabulary()
+  names = []
+  for task in TASKS:
+    cfg = TaskConfig(
+        task=task,
+        name=f"{prefix}_{task}",
+        num_image_tokens=num_image_tokens,
+        image_size=image_size,
+        exemplar_pool_size=exemplar_pool_size,
+        data_dir=data_dir,
+        prepared_dir=prepared_dir,
+    )
+    register(cfg, vocabulary, shuffle_buffer_size)
+    names.append(cfg.name)
+  for name in (prefix, f"{prefix}_eval", f"{prefix}_demo"):
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(
+      prefix,
+      [(f"{prefix}_{t}", r) for t, r in MIXTURE_RATES.items()],
+      sample_fn=proportional_interleave,
+  )
+  seqio.MixtureRegistry.add(f"{prefix}_eval", names, default_rate=1.0)
+  demo = demo_tasks or tuple(t for t in TASKS if t not in EVAL_ONLY)
+  seqio.MixtureRegistry.add(f"{prefix}_demo", [f"{prefix}_{t}" for t in demo], default_rate=1.0)
+  return names

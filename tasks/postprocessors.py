@@ -4,6 +4,7 @@ seqio calls ``postprocess_fn(text, example=..., is_target=...)`` on both predict
 ``targets_pretokenized``, so targets and predictions go through the same normalisation. Targets
 are "answer." (tasks.prompts.with_period); the period is a format marker, not part of the answer.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,94 +14,98 @@ _SPACE = re.compile(r"\s+")
 
 
 def _as_str(text) -> str:
-    if isinstance(text, bytes):
-        return text.decode("utf-8", errors="replace")
-    return str(text)
+  if isinstance(text, bytes):
+    return text.decode("utf-8", errors="replace")
+  return str(text)
 
 
 def normalize(text, example=None, is_target: bool = False) -> str:
-    """Strip, collapse whitespace runs to one space, drop one trailing period."""
-    del example, is_target
-    text = _SPACE.sub(" ", _as_str(text)).strip()
-    if text.endswith("."):
-        text = text[:-1].rstrip()
-    return text
+  """Strip, collapse whitespace runs to one space, drop one trailing period."""
+  del example, is_target
+  text = _SPACE.sub(" ", _as_str(text)).strip()
+  if text.endswith("."):
+    text = text[:-1].rstrip()
+  return text
 
 
 def normalize_lower(text, example=None, is_target: bool = False) -> str:
-    """normalize() then lower case: free-text VQA answers ("Yes" == "yes")."""
-    return normalize(text, example, is_target).lower()
+  """normalize() then lower case: free-text VQA answers ("Yes" == "yes")."""
+  return normalize(text, example, is_target).lower()
 
 
 class OptionPostprocessor:
-    """normalize(), then map a case-insensitive match of one of the task's options (or of its
-    letter, "(B)" / "B") to that option's canonical text, so accuracy / F1 compare labels.
-    Anything else is returned normalised, and counts as wrong."""
+  """normalize(), then map a case-insensitive match of one of the task's options (or of its
+  letter, "(B)" / "B") to that option's canonical text, so accuracy / F1 compare labels.
+  Anything else is returned normalised, and counts as wrong."""
 
-    def __init__(self, options: Sequence[str]):
-        self.options = list(options)
-        self._lookup = {o.lower(): o for o in self.options}
-        for i, o in enumerate(self.options):
-            letter = chr(ord("A") + i)
-            self._lookup.setdefault(f"({letter.lower()})", o)
-            self._lookup.setdefault(letter.lower(), o)
-        self.__name__ = "option_postprocessor"
+  def __init__(self, options: Sequence[str]):
+    self.options = list(options)
+    self._lookup = {o.lower(): o for o in self.options}
+    for i, o in enumerate(self.options):
+      letter = chr(ord("A") + i)
+      self._lookup.setdefault(f"({letter.lower()})", o)
+      self._lookup.setdefault(letter.lower(), o)
+    self.__name__ = "option_postprocessor"
 
-    def __call__(self, text, example=None, is_target: bool = False) -> str:
-        text = normalize(text, example, is_target)
-        key = text.lower()
-        if key in self._lookup:
-            return self._lookup[key]
-        match = re.match(r"^\(([a-j])\)\s*(.*)$", key)  # "(B) Prilocaine"
-        if match and match.group(2) in self._lookup:
-            return self._lookup[match.group(2)]
-        return text
+  def __call__(self, text, example=None, is_target: bool = False) -> str:
+    text = normalize(text, example, is_target)
+    key = text.lower()
+    if key in self._lookup:
+      return self._lookup[key]
+    match = re.match(r"^\(([a-j])\)\s*(.*)$", key)  # "(B) Prilocaine"
+    if match and match.group(2) in self._lookup:
+      return self._lookup[match.group(2)]
+    return text
 
-    def __repr__(self) -> str:
-        return f"OptionPostprocessor({self.options})"
+  def __repr__(self) -> str:
+    return f"OptionPostprocessor({self.options})"
 
 
 # Per-example features the evaluation splits carry for the metrics (tasks.multimedbench adds them
 # to every split but ``train``; the feature converter leaves them out of the model batch).
 # ``answer_options`` is string[C] padded with "" (C is the task's widest option list; tasks
 # without options carry one "").
-TARGET_FIELDS = {"answer_options": "options", "answer_type": "answer_type",
-                 "condition": "condition", "variant_type": "variant_type"}
+TARGET_FIELDS = {
+    "answer_options": "options",
+    "answer_type": "answer_type",
+    "condition": "condition",
+    "variant_type": "variant_type",
+}
 
 
 class TargetFields:
-    """A task's postprocessor that hands the metrics a structured target.
+  """A task's postprocessor that hands the metrics a structured target.
 
-    Predictions (``is_target=False``) go through ``postprocess`` unchanged (a string). Targets
-    (``is_target=True``) become the mapping ``tasks.metrics`` reads: ``{"answer":
-    postprocess(text)}`` plus, from the example, ``options`` (list[str], padding dropped),
-    ``answer_type``, ``condition``, ``variant_type`` (str) where the example has a non-empty
-    value, and ``id``. Without an example (or on the train split, which carries no such
-    features) the target is just ``{"answer": ...}``, which every metric accepts.
-    """
+  Predictions (``is_target=False``) go through ``postprocess`` unchanged (a string). Targets
+  (``is_target=True``) become the mapping ``tasks.metrics`` reads: ``{"answer":
+  postprocess(text)}`` plus, from the example, ``options`` (list[str], padding dropped),
+  ``answer_type``, ``condition``, ``variant_type`` (str) where the example has a non-empty
+  value, and ``id``. Without an example (or on the train split, which carries no such
+  features) the target is just ``{"answer": ...}``, which every metric accepts.
+  """
 
-    def __init__(self, postprocess):
-        self.postprocess = postprocess
-        self.__name__ = "target_fields"
+  def __init__(self, postprocess):
+    self.postprocess = postprocess
+    self.__name__ = "target_fields"
 
-    def __call__(self, text, example=None, is_target: bool = False):
-        answer = self.postprocess(text, example, is_target)
-        if not is_target:
-            return answer
-        target = {"answer": answer}
-        for feature, key in TARGET_FIELDS.items():
-            if example is None or feature not in example:
-                continue
-            value = example[feature]
-            if key == "options":
-                options = [_as_str(o) for o in list(value)]
-                if any(options):
-                    target[key] = [o for o in options if o]
-            elif _as_str(value):
-                target[key] = _as_str(value)
-        if example is not None and "id" in example:
-            target["id"] = _as_str(example["id"])
-        return target
+  def __call__(self, text, example=None, is_target: bool = False):
+    answer = self.postprocess(text, example, is_target)
+    if not is_target:
+      return answer
+    target = {"answer": answer}
+    for feature, key in TARGET_FIELDS.items():
+      if example is None or feature not in example:
+        continue
+      value = example[feature]
+      if key == "options":
+        options = [_as_str(o) for o in list(value)]
+        if any(options):
+          target[key] = [o for o in options if o]
+      elif _as_str(value):
+        target[key] = _as_str(value)
+    if example is not None and "id" in example:
+      target["id"] = _as_str(example["id"])
+    return target
 
-    def __repr__(self) -> str:
-        return f"TargetFields({self.postprocess!r})"
+  def __repr__(self) -> str:
+    return f"TargetFields({self.postprocess!r})"

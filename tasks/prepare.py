@@ -19,6 +19,7 @@ Restartable: a shard is written to ``*.tmp`` and renamed when complete; a rerun 
 shards (same keys) and writes only the missing ones. An image that fails to decode raises an error
 naming the file, or with ``--on_error skip`` is left out together with its records (counted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,231 +39,300 @@ from tasks import readers
 log = logging.getLogger("tasks.prepare")
 
 PREPARED_ENV = "MEDPALM_PREPARED_DIR"
-IMAGE_DATASETS = ("vqa_rad", "slake", "path_vqa", "mimic_cxr", "pad_ufes_20", "vindr_mammo",
-                  "cbis_ddsm", "precisionfda")
+IMAGE_DATASETS = (
+    "vqa_rad",
+    "slake",
+    "path_vqa",
+    "mimic_cxr",
+    "pad_ufes_20",
+    "vindr_mammo",
+    "cbis_ddsm",
+    "precisionfda",
+)
 VERSION = 1
 
 
 class NotPreparedError(FileNotFoundError):
-    """An image task whose dataset has not been through ``python -m tasks.prepare``."""
+  """An image task whose dataset has not been through ``python -m tasks.prepare``."""
 
 
 def dataset_tasks(dataset: str) -> list[str]:
-    """The multimedbench task suffixes served by one dataset (mimic_cxr → report + classification)."""
-    return [t for t, (module, _) in readers.TASK_READERS.items() if module == dataset]
+  """The multimedbench task suffixes served by one dataset (mimic_cxr → report + classification)."""
+  return [t for t, (module, _) in readers.TASK_READERS.items() if module == dataset]
 
 
 def prepared_root(prepared_dir=None, data_dir=None) -> pathlib.Path:
-    root = prepared_dir or os.environ.get(PREPARED_ENV)
-    if root:
-        return pathlib.Path(root)
-    data = data_dir or os.environ.get(readers.DATA_DIR_ENV)
-    if not data:
-        raise NotPreparedError(f"no prepared-data directory: pass --prepared_dir, or set "
-                               f"${PREPARED_ENV} or ${readers.DATA_DIR_ENV}")
-    return pathlib.Path(data) / "prepared"
+  root = prepared_dir or os.environ.get(PREPARED_ENV)
+  if root:
+    return pathlib.Path(root)
+  data = data_dir or os.environ.get(readers.DATA_DIR_ENV)
+  if not data:
+    raise NotPreparedError(
+        f"no prepared-data directory: pass --prepared_dir, or set "
+        f"${PREPARED_ENV} or ${readers.DATA_DIR_ENV}"
+    )
+  return pathlib.Path(data) / "prepared"
 
 
 def split_dir(root: pathlib.Path, dataset: str, image_size: int, split: str) -> pathlib.Path:
-    return pathlib.Path(root) / dataset / f"{image_size}px" / split
+  return pathlib.Path(root) / dataset / f"{image_size}px" / split
 
 
 def image_key(record: dict) -> str:
-    """Records with the same key share one prepared image (an image file, or the record itself)."""
-    return record["image_path"] if record.get("image_path") else f"id:{record['id']}"
+  """Records with the same key share one prepared image (an image file, or the record itself)."""
+  return record["image_path"] if record.get("image_path") else f"id:{record['id']}"
 
 
 def shard_name(index: int, count: int) -> str:
-    return f"images-{index:05d}-of-{count:05d}.tfrecord"
+  return f"images-{index:05d}-of-{count:05d}.tfrecord"
 
 
 def _load(item) -> tuple[str, np.ndarray | None, str | None]:
-    """(key, source, size) → (key, uint8[size, size, 3] or None, error message or None)."""
-    key, source, size = item
-    try:
-        if isinstance(source, np.ndarray):
-            return key, image_lib.pileup_to_image(source, size), None
-        return key, image_lib.load_image(source, size), None
-    except (ValueError, OSError) as e:
-        return key, None, f"{source if isinstance(source, str) else key}: {e}"
+  """(key, source, size) → (key, uint8[size, size, 3] or None, error message or None)."""
+  key, source, size = item
+  try:
+    if isinstance(source, np.ndarray):
+      return key, image_lib.pileup_to_image(source, size), None
+    return key, image_lib.load_image(source, size), None
+  except (ValueError, OSError) as e:
+    return key, None, f"{source if isinstance(source, str) else key}: {e}"
 
 
 def _write_shard(path: pathlib.Path, items: Sequence, on_error: str, pool, progress) -> list[str]:
-    """Writes one shard atomically; returns the keys of images that failed (skip mode)."""
-    import tensorflow as tf  # only here: prepare's reading side needs no TensorFlow
+  """Writes one shard atomically; returns the keys of images that failed (skip mode)."""
+  import tensorflow as tf  # only here: prepare's reading side needs no TensorFlow
 
-    failed: list[str] = []
-    tmp = path.with_name(path.name + ".tmp")
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        results = pool.imap(_load, items, chunksize=4) if pool else map(_load, items)
-        for key, image, error in results:
-            progress.update(1)
-            if error is not None:
-                if on_error == "raise":
-                    raise ValueError(f"cannot prepare image {error}")
-                log.warning("skipping image %s", error)
-                failed.append(key)
-                continue
-            feature = {
-                "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[np.ascontiguousarray(image, np.uint8).tobytes()])),
-            }
-            writer.write(tf.train.Example(
-                features=tf.train.Features(feature=feature)).SerializeToString())
-    path.with_name(path.name + ".failed.json").write_text(json.dumps(failed))
-    os.replace(tmp, path)
-    return failed
+  failed: list[str] = []
+  tmp = path.with_name(path.name + ".tmp")
+  with tf.io.TFRecordWriter(str(tmp)) as writer:
+    results = pool.imap(_load, items, chunksize=4) if pool else map(_load, items)
+    for key, image, error in results:
+      progress.update(1)
+      if error is not None:
+        if on_error == "raise":
+          raise ValueError(f"cannot prepare image {error}")
+        log.warning("skipping image %s", error)
+        failed.append(key)
+        continue
+      feature = {
+          "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+          "image": tf.train.Feature(
+              bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, np.uint8).tobytes()])
+          ),
+      }
+      writer.write(
+          tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+      )
+  path.with_name(path.name + ".failed.json").write_text(json.dumps(failed))
+  os.replace(tmp, path)
+  return failed
 
 
 def _jsonable(record: dict) -> dict:
-    out = {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
-    out["image_key"] = image_key(record)
-    return out
+  out = {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
+  out["image_key"] = image_key(record)
+  return out
 
 
-def prepare_split(dataset: str, split: str, *, data_dir=None, root: pathlib.Path,
-                  image_size: int = image_lib.IMAGE_SIZE, shard_size: int = 1000,
-                  on_error: str = "raise", pool=None, progress_bar: bool = True) -> dict:
-    """Prepares one split of one dataset; returns its manifest (dict). ``pool``: an optional
-    multiprocessing pool that decodes images in parallel."""
-    from tqdm import tqdm
+def prepare_split(
+    dataset: str,
+    split: str,
+    *,
+    data_dir=None,
+    root: pathlib.Path,
+    image_size: int = image_lib.IMAGE_SIZE,
+    shard_size: int = 1000,
+    on_error: str = "raise",
+    pool=None,
+    progress_bar: bool = True,
+) -> dict:
+  """Prepares one split of one dataset; returns its manifest (dict). ``pool``: an optional
+  multiprocessing pool that decodes images in parallel."""
+  from tqdm import tqdm
 
-    out = split_dir(root, dataset, image_size, split)
-    if (out / "manifest.json").exists():
-        manifest = json.loads((out / "manifest.json").read_text())
-        if manifest.get("version") == VERSION:
-            log.info("%s/%s already prepared at %s", dataset, split, out)
-            return manifest
-    out.mkdir(parents=True, exist_ok=True)
-    per_task: dict[str, list[dict]] = {}
-    sources: dict[str, object] = {}
-    for task in dataset_tasks(dataset):
-        result = readers.read_task(task, split, data_dir=data_dir, on_error=on_error)
-        per_task[task] = result.records
-        for r in result.records:
-            sources.setdefault(image_key(r), r["image_path"] if r.get("image_path") else r["image"])
-    keys = list(sources)
-    keys_path = out / "keys.json"
-    if keys_path.exists() and json.loads(keys_path.read_text()) != keys:
-        log.warning("%s/%s: the dataset changed since the last run; redoing all shards",
-                    dataset, split)
-        for old in out.glob("images-*"):
-            old.unlink()
-    keys_path.write_text(json.dumps(keys))
+  out = split_dir(root, dataset, image_size, split)
+  if (out / "manifest.json").exists():
+    manifest = json.loads((out / "manifest.json").read_text())
+    if manifest.get("version") == VERSION:
+      log.info("%s/%s already prepared at %s", dataset, split, out)
+      return manifest
+  out.mkdir(parents=True, exist_ok=True)
+  per_task: dict[str, list[dict]] = {}
+  sources: dict[str, object] = {}
+  for task in dataset_tasks(dataset):
+    result = readers.read_task(task, split, data_dir=data_dir, on_error=on_error)
+    per_task[task] = result.records
+    for r in result.records:
+      sources.setdefault(image_key(r), r["image_path"] if r.get("image_path") else r["image"])
+  keys = list(sources)
+  keys_path = out / "keys.json"
+  if keys_path.exists() and json.loads(keys_path.read_text()) != keys:
+    log.warning("%s/%s: the dataset changed since the last run; redoing all shards", dataset, split)
+    for old in out.glob("images-*"):
+      old.unlink()
+  keys_path.write_text(json.dumps(keys))
 
-    num_shards = max(1, -(-len(keys) // shard_size))
-    names = [shard_name(i, num_shards) for i in range(num_shards)]
-    done = [i for i, n in enumerate(names) if (out / n).exists()]
-    remaining = len(keys) - sum(len(keys[i * shard_size:(i + 1) * shard_size]) for i in done)
-    failed: list[str] = []
-    for i in done:
-        failed += json.loads((out / (names[i] + ".failed.json")).read_text())
-    with tqdm(total=len(keys), initial=len(keys) - remaining, unit="img",
-              desc=f"{dataset}/{split}", disable=not progress_bar, file=sys.stderr) as bar:
-        for i, name in enumerate(names):
-            if i in done:
-                continue
-            chunk = keys[i * shard_size:(i + 1) * shard_size]
-            failed += _write_shard(out / name, [(k, sources[k], image_size) for k in chunk],
-                                   on_error, pool, bar)
-    bad = set(failed)
-    counts = {}
-    for task, records in per_task.items():
-        kept = [r for r in records if image_key(r) not in bad]
-        counts[task] = len(kept)
-        with open(out / f"records-{task}.jsonl", "w", encoding="utf-8") as f:
-            for r in kept:
-                f.write(json.dumps(_jsonable(r), ensure_ascii=False) + "\n")
-    manifest = {"version": VERSION, "dataset": dataset, "split": split, "image_size": image_size,
-                "num_images": len(keys) - len(bad), "shards": names, "shard_size": shard_size,
-                "failed_images": len(bad), "records": counts}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
+  num_shards = max(1, -(-len(keys) // shard_size))
+  names = [shard_name(i, num_shards) for i in range(num_shards)]
+  done = [i for i, n in enumerate(names) if (out / n).exists()]
+  remaining = len(keys) - sum(len(keys[i * shard_size : (i + 1) * shard_size]) for i in done)
+  failed: list[str] = []
+  for i in done:
+    failed += json.loads((out / (names[i] + ".failed.json")).read_text())
+  with tqdm(
+      total=len(keys),
+      initial=len(keys) - remaining,
+      unit="img",
+      desc=f"{dataset}/{split}",
+      disable=not progress_bar,
+      file=sys.stderr,
+  ) as bar:
+    for i, name in enumerate(names):
+      if i in done:
+        continue
+      chunk = keys[i * shard_size : (i + 1) * shard_size]
+      failed += _write_shard(
+          out / name, [(k, sources[k], image_size) for k in chunk], on_error, pool, bar
+      )
+  bad = set(failed)
+  counts = {}
+  for task, records in per_task.items():
+    kept = [r for r in records if image_key(r) not in bad]
+    counts[task] = len(kept)
+    with open(out / f"records-{task}.jsonl", "w", encoding="utf-8") as f:
+      for r in kept:
+        f.write(json.dumps(_jsonable(r), ensure_ascii=False) + "\n")
+  manifest = {
+      "version": VERSION,
+      "dataset": dataset,
+      "split": split,
+      "image_size": image_size,
+      "num_images": len(keys) - len(bad),
+      "shards": names,
+      "shard_size": shard_size,
+      "failed_images": len(bad),
+      "records": counts,
+  }
+  (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+  return manifest
 
 
-def prepare(datasets: Iterable[str] = (), *, data_dir=None, prepared_dir=None,
-            image_size: int = image_lib.IMAGE_SIZE, shard_size: int = 1000,
-            on_error: str = "raise", num_workers: int = 0, progress_bar: bool = True
-            ) -> dict[str, dict[str, dict]]:
-    """Prepares every split of ``datasets`` (default: all image datasets present).
+def prepare(
+    datasets: Iterable[str] = (),
+    *,
+    data_dir=None,
+    prepared_dir=None,
+    image_size: int = image_lib.IMAGE_SIZE,
+    shard_size: int = 1000,
+    on_error: str = "raise",
+    num_workers: int = 0,
+    progress_bar: bool = True,
+) -> dict[str, dict[str, dict]]:
+  """Prepares every split of ``datasets`` (default: all image datasets present).
 
-    ``data_dir`` is the root holding one sub-directory per dataset (default $MEDPALM_DATA_DIR).
-    Returns {dataset: {split: manifest}}.
-    """
-    datasets = list(datasets)
-    root_data = data_dir or os.environ.get(readers.DATA_DIR_ENV)
+  ``data_dir`` is the root holding one sub-directory per dataset (default $MEDPALM_DATA_DIR).
+  Returns {dataset: {split: manifest}}.
+  """
+  datasets = list(datasets)
+  root_data = data_dir or os.environ.get(readers.DATA_DIR_ENV)
+  if not datasets:
+    if not root_data:
+      raise readers.MissingDatasetError(f"set ${readers.DATA_DIR_ENV} or pass --data_dir")
+    datasets = [
+        d
+        for d in IMAGE_DATASETS
+        if (pathlib.Path(root_data) / readers.get_module(d).DATASET_DIR).is_dir()
+    ]
     if not datasets:
-        if not root_data:
-            raise readers.MissingDatasetError(f"set ${readers.DATA_DIR_ENV} or pass --data_dir")
-        datasets = [d for d in IMAGE_DATASETS
-                    if (pathlib.Path(root_data) / readers.get_module(d).DATASET_DIR).is_dir()]
-        if not datasets:
-            raise readers.MissingDatasetError(f"no image dataset under {root_data}; expected one "
-                                              f"of {', '.join(IMAGE_DATASETS)}")
-    unknown = [d for d in datasets if d not in IMAGE_DATASETS]
-    if unknown:
-        raise ValueError(f"not image datasets: {unknown}; text datasets need no preparation. "
-                         f"Image datasets: {', '.join(IMAGE_DATASETS)}")
-    root = prepared_root(prepared_dir, root_data)
-    out: dict[str, dict[str, dict]] = {}
-    # Spawned workers (not forked: the parent has TensorFlow's threads) import the tasks package
-    # once each, so one pool serves every split.
-    pool = multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 1 else None
-    try:
-        for dataset in datasets:
-            module = readers.get_module(dataset)
-            ddir = pathlib.Path(root_data) / module.DATASET_DIR if root_data else None
-            for split in module.SPLITS:
-                out.setdefault(dataset, {})[split] = prepare_split(
-                    dataset, split, data_dir=ddir, root=root, image_size=image_size,
-                    shard_size=shard_size, on_error=on_error, pool=pool,
-                    progress_bar=progress_bar)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-    return out
+      raise readers.MissingDatasetError(
+          f"no image dataset under {root_data}; expected one " f"of {', '.join(IMAGE_DATASETS)}"
+      )
+  unknown = [d for d in datasets if d not in IMAGE_DATASETS]
+  if unknown:
+    raise ValueError(
+        f"not image datasets: {unknown}; text datasets need no preparation. "
+        f"Image datasets: {', '.join(IMAGE_DATASETS)}"
+    )
+  root = prepared_root(prepared_dir, root_data)
+  out: dict[str, dict[str, dict]] = {}
+  # Spawned workers (not forked: the parent has TensorFlow's threads) import the tasks package
+  # once each, so one pool serves every split.
+  pool = multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 1 else None
+  try:
+    for dataset in datasets:
+      module = readers.get_module(dataset)
+      ddir = pathlib.Path(root_data) / module.DATASET_DIR if root_data else None
+      for split in module.SPLITS:
+        out.setdefault(dataset, {})[split] = prepare_split(
+            dataset,
+            split,
+            data_dir=ddir,
+            root=root,
+            image_size=image_size,
+            shard_size=shard_size,
+            on_error=on_error,
+            pool=pool,
+            progress_bar=progress_bar,
+        )
+  finally:
+    if pool:
+      pool.close()
+      pool.join()
+  return out
 
 
 def load_manifest(root, dataset: str, image_size: int, split: str) -> tuple[pathlib.Path, dict]:
-    """(split directory, manifest) of a prepared split, or NotPreparedError with the command."""
-    out = split_dir(root, dataset, image_size, split)
-    path = out / "manifest.json"
-    if not path.exists():
-        raise NotPreparedError(
-            f"{dataset} ({split}) is not prepared at {image_size}px: expected {path}. Run "
-            f"`python -m tasks.prepare {dataset}" +
-            ("" if image_size == image_lib.IMAGE_SIZE else f" --image_size {image_size}") +
-            f"` (prepared root {root}; set ${PREPARED_ENV} to change it)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("version") != VERSION or manifest.get("image_size") != image_size:
-        raise NotPreparedError(f"{path} is from another version/size ({manifest.get('version')}, "
-                               f"{manifest.get('image_size')}px); rerun `python -m tasks.prepare "
-                               f"{dataset}` after deleting {out}")
-    return out, manifest
+  """(split directory, manifest) of a prepared split, or NotPreparedError with the command."""
+  out = split_dir(root, dataset, image_size, split)
+  path = out / "manifest.json"
+  if not path.exists():
+    raise NotPreparedError(
+        f"{dataset} ({split}) is not prepared at {image_size}px: expected {path}. Run "
+        f"`python -m tasks.prepare {dataset}"
+        + ("" if image_size == image_lib.IMAGE_SIZE else f" --image_size {image_size}")
+        + f"` (prepared root {root}; set ${PREPARED_ENV} to change it)"
+    )
+  manifest = json.loads(path.read_text())
+  if manifest.get("version") != VERSION or manifest.get("image_size") != image_size:
+    raise NotPreparedError(
+        f"{path} is from another version/size ({manifest.get('version')}, "
+        f"{manifest.get('image_size')}px); rerun `python -m tasks.prepare "
+        f"{dataset}` after deleting {out}"
+    )
+  return out, manifest
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("datasets", nargs="*", help=f"any of {', '.join(IMAGE_DATASETS)}")
-    parser.add_argument("--data_dir", default=None, help=f"default ${readers.DATA_DIR_ENV}")
-    parser.add_argument("--prepared_dir", default=None,
-                        help=f"default ${PREPARED_ENV} or ${readers.DATA_DIR_ENV}/prepared")
-    parser.add_argument("--image_size", type=int, default=image_lib.IMAGE_SIZE)
-    parser.add_argument("--shard_size", type=int, default=1000)
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--on_error", choices=("raise", "skip"), default="raise")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = prepare(args.datasets, data_dir=args.data_dir, prepared_dir=args.prepared_dir,
-                     image_size=args.image_size, shard_size=args.shard_size,
-                     on_error=args.on_error, num_workers=args.num_workers)
-    for dataset, splits in result.items():
-        for split, m in splits.items():
-            print(f"{dataset}/{split}: {m['num_images']} images in {len(m['shards'])} shard(s), "
-                  f"records {m['records']}, failed images {m['failed_images']}")
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("datasets", nargs="*", help=f"any of {', '.join(IMAGE_DATASETS)}")
+  parser.add_argument("--data_dir", default=None, help=f"default ${readers.DATA_DIR_ENV}")
+  parser.add_argument(
+      "--prepared_dir",
+      default=None,
+      help=f"default ${PREPARED_ENV} or ${readers.DATA_DIR_ENV}/prepared",
+  )
+  parser.add_argument("--image_size", type=int, default=image_lib.IMAGE_SIZE)
+  parser.add_argument("--shard_size", type=int, default=1000)
+  parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--on_error", choices=("raise", "skip"), default="raise")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  result = prepare(
+      args.datasets,
+      data_dir=args.data_dir,
+      prepared_dir=args.prepared_dir,
+      image_size=args.image_size,
+      shard_size=args.shard_size,
+      on_error=args.on_error,
+      num_workers=args.num_workers,
+  )
+  for dataset, splits in result.items():
+    for split, m in splits.items():
+      print(
+          f"{dataset}/{split}: {m['num_images']} images in {len(m['shards'])} shard(s), "
+          f"records {m['records']}, failed images {m['failed_images']}"
+      )
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -25,6 +25,7 @@ CONTEXT segment and its own instruction (below). CBIS-DDSM has no instruction li
 example, so none is used. The paper's VQA examples show question-type suffixes such as
 "(closed domain)"; the issue's template does not, so none are appended.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,58 +39,58 @@ LETTERS = "ABCDEFGHIJ"
 
 
 class Role(enum.IntEnum):
-    """What a segment is, for length budgeting (see tasks.preprocessors.budget_lengths)."""
+  """What a segment is, for length budgeting (see tasks.preprocessors.budget_lengths)."""
 
-    INSTRUCTION = 0  # shortened from the middle only after exemplars and contexts are exhausted
-    EXEMPLAR = 1     # dropped whole, first
-    CONTEXT = 2      # findings / indication / patient history / abstract: shortened from the middle
-    QUERY = 3        # the question and its options: never cut unless nothing else is left
-    IMAGE = 4        # the query's <img>: becomes num_image_tokens placeholder ids, never cut
-    CUE = 5          # the answer cue "A:" / "Answer:": never cut
+  INSTRUCTION = 0  # shortened from the middle only after exemplars and contexts are exhausted
+  EXEMPLAR = 1  # dropped whole, first
+  CONTEXT = 2  # findings / indication / patient history / abstract: shortened from the middle
+  QUERY = 3  # the question and its options: never cut unless nothing else is left
+  IMAGE = 4  # the query's <img>: becomes num_image_tokens placeholder ids, never cut
+  CUE = 5  # the answer cue "A:" / "Answer:": never cut
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    role: Role
-    text: str
+  role: Role
+  text: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """A rendered example: ``text() + " " + target`` reads like one more exemplar."""
+  """A rendered example: ``text() + " " + target`` reads like one more exemplar."""
 
-    instruction: str
-    exemplars: tuple[str, ...]
-    query: tuple[Segment, ...]
-    target: str
+  instruction: str
+  exemplars: tuple[str, ...]
+  query: tuple[Segment, ...]
+  target: str
 
-    def segments(self) -> list[Segment]:
-        segs = [Segment(Role.INSTRUCTION, self.instruction)] if self.instruction else []
-        segs += [Segment(Role.EXEMPLAR, e) for e in self.exemplars]
-        return segs + list(self.query)
+  def segments(self) -> list[Segment]:
+    segs = [Segment(Role.INSTRUCTION, self.instruction)] if self.instruction else []
+    segs += [Segment(Role.EXEMPLAR, e) for e in self.exemplars]
+    return segs + list(self.query)
 
-    def text(self) -> str:
-        """The model's input as text, the query's ``<img>`` included literally."""
-        return "".join(s.text for s in self.segments())
+  def text(self) -> str:
+    """The model's input as text, the query's ``<img>`` included literally."""
+    return "".join(s.text for s in self.segments())
 
 
 def with_period(text: str) -> str:
-    """``text`` stripped and ending with exactly one period (the paper's target format)."""
-    text = text.strip()
-    return text if text.endswith(".") else text + "."
+  """``text`` stripped and ending with exactly one period (the paper's target format)."""
+  text = text.strip()
+  return text if text.endswith(".") else text + "."
 
 
 def without_period(text: str) -> str:
-    """``text`` stripped of surrounding space and of one trailing period (for "<field>. Q:")."""
-    text = text.strip()
-    return text[:-1].rstrip() if text.endswith(".") else text
+  """``text`` stripped of surrounding space and of one trailing period (for "<field>. Q:")."""
+  text = text.strip()
+  return text[:-1].rstrip() if text.endswith(".") else text
 
 
 def options_text(options: Sequence[str]) -> str:
-    """``(A) first (B) second ...`` — the paper's multiple-choice rendering."""
-    if len(options) > len(LETTERS):
-        raise ValueError(f"at most {len(LETTERS)} options are supported, got {len(options)}")
-    return " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+  """``(A) first (B) second ...`` — the paper's multiple-choice rendering."""
+  if len(options) > len(LETTERS):
+    raise ValueError(f"at most {len(LETTERS)} options are supported, got {len(options)}")
+  return " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,17 +99,21 @@ def options_text(options: Sequence[str]) -> str:
 QA_INSTRUCTION = (
     "Instructions: The following are multiple choice questions about medical knowledge. Solve them "
     "in a step-by-step fashion, starting by summarizing the available information. Output a single "
-    "option from the four options as the final answer.")
+    "option from the four options as the final answer."
+)
 PUBMEDQA_INSTRUCTION = (
     "Instructions: The following are multiple choice questions about medical research. Determine "
     "the answer to the question given the context of the abstract. Output a single option from "
-    "the three options as the final answer.")
+    "the three options as the final answer."
+)
 MIMIC_III_INSTRUCTION = (
     "Instructions: You are a helpful radiology assistant. The following are questions about "
-    "radiology reports. Summarize the findings in the report into diagnostic statements.")
+    "radiology reports. Summarize the findings in the report into diagnostic statements."
+)
 VQA_INSTRUCTION = (
     "Instructions: You are a helpful medical assistant. The following are questions about medical "
-    "knowledge. Solve them in a step-by-step fashion, referring to authoritative sources as needed.")
+    "knowledge. Solve them in a step-by-step fashion, referring to authoritative sources as needed."
+)
 CXR_REPORT_INSTRUCTION = (
     "Instructions: You are a helpful radiology assistant. Describe what lines, tubes, and devices "
     "are present and each of their locations. Describe if pneumothorax is present; if present, "
@@ -117,75 +122,103 @@ CXR_REPORT_INSTRUCTION = (
     "infiltrate, lung mass, pneumonia, pulmonary edema) is present; if present, describe kinds and "
     "locations. Describe the cardiac silhouette size. Describe the width and contours of the "
     "mediastinum. Describe if hilar enlargement is present; if enlarged, describe side. Describe "
-    "what fractures or other skeletal abnormalities are present.")
+    "what fractures or other skeletal abnormalities are present."
+)
 CXR_CLASSIFICATION_INSTRUCTION = (
     "Instructions: You are a helpful radiology assistant. The following are questions about "
     "findings in chest X-ray in different views. Identify if a specific type of abnormality is "
-    "shown in the X-ray.")
+    "shown in the X-ray."
+)
 PAD_UFES_INSTRUCTION = (
     "Instructions: You are a helpful dermatology assistant. The following are questions about skin "
-    "lesions. Categorize the skin lesions into the most likely class given the patient history.")
+    "lesions. Categorize the skin lesions into the most likely class given the patient history."
+)
 VINDR_INSTRUCTION = (
     "Instructions: You are a helpful medical assistant. The following are questions about "
-    "mammography reading. Provide a breast-level assessment based on the BI-RADS categories.")
+    "mammography reading. Provide a breast-level assessment based on the BI-RADS categories."
+)
 GENOMICS_INSTRUCTION = (
     "Instructions: You are a helpful genetic assistant. The following are questions about variant "
-    "calling. Identify the number of copies of the putative variant in pileup images.")
+    "calling. Identify the number of copies of the putative variant in pileup images."
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Queries: record → segments (ending with the answer cue). Records follow tasks/readers schemas.
 
+
 def _q(text: str) -> Segment:
-    return Segment(Role.QUERY, text)
+  return Segment(Role.QUERY, text)
 
 
 def _image() -> Segment:
-    return Segment(Role.IMAGE, IMG)
+  return Segment(Role.IMAGE, IMG)
 
 
 def _cue(text: str = "A:") -> Segment:
-    return Segment(Role.CUE, text)
+  return Segment(Role.CUE, text)
 
 
 def qa_query(r: Mapping) -> list[Segment]:
-    return [_q(f"Question: {r['question'].strip()}\n{options_text(r['options'])}\n"),
-            _cue("Answer:")]
+  return [_q(f"Question: {r['question'].strip()}\n{options_text(r['options'])}\n"), _cue("Answer:")]
 
 
 def pubmedqa_query(r: Mapping) -> list[Segment]:
-    return [_q("Context: "), Segment(Role.CONTEXT, r["context"].strip()),
-            _q(f"\nQuestion: {r['question'].strip()}\n{options_text(r['options'])}\n"),
-            _cue("Answer:")]
+  return [
+      _q("Context: "),
+      Segment(Role.CONTEXT, r["context"].strip()),
+      _q(f"\nQuestion: {r['question'].strip()}\n{options_text(r['options'])}\n"),
+      _cue("Answer:"),
+  ]
 
 
 def mimic_iii_query(r: Mapping) -> list[Segment]:
-    return [_q("Given the findings: "), Segment(Role.CONTEXT, without_period(r["findings"])),
-            _q(". Q: Summarize the findings.\n"), _cue()]
+  return [
+      _q("Given the findings: "),
+      Segment(Role.CONTEXT, without_period(r["findings"])),
+      _q(". Q: Summarize the findings.\n"),
+      _cue(),
+  ]
 
 
 def vqa_query(r: Mapping) -> list[Segment]:
-    return [_q("Given "), _image(), _q(f". Q: {r['question'].strip()}\n"), _cue()]
+  return [_q("Given "), _image(), _q(f". Q: {r['question'].strip()}\n"), _cue()]
 
 
 def cxr_report_query(r: Mapping) -> list[Segment]:
-    indication = without_period(r.get("indication") or "") or "unknown"
-    return [_q(f"Given the {r['view']} view X-ray image "), _image(),
-            _q(". Reason for the study: "), Segment(Role.CONTEXT, indication),
-            _q(".\nQ: Describe the findings in the image following the instructions.\n"), _cue()]
+  indication = without_period(r.get("indication") or "") or "unknown"
+  return [
+      _q(f"Given the {r['view']} view X-ray image "),
+      _image(),
+      _q(". Reason for the study: "),
+      Segment(Role.CONTEXT, indication),
+      _q(".\nQ: Describe the findings in the image following the instructions.\n"),
+      _cue(),
+  ]
 
 
 def cxr_classification_query(r: Mapping) -> list[Segment]:
-    return [_q(f"Given the {r['view']} view X-ray image "), _image(),
-            _q(f". Q: Is {r['condition']} indicated by the image? {options_text(r['options'])}\n"),
-            _cue()]
+  return [
+      _q(f"Given the {r['view']} view X-ray image "),
+      _image(),
+      _q(f". Q: Is {r['condition']} indicated by the image? {options_text(r['options'])}\n"),
+      _cue(),
+  ]
 
 
 def pad_ufes_query(r: Mapping) -> list[Segment]:
-    history = ", ".join(f"{name}: {value}" for name, value in r["history"])
-    return [_q("Given "), _image(), _q(". Patient History: "), Segment(Role.CONTEXT, history),
-            _q(".\nQ: Which of the following is the most likely diagnosis of the patient's skin "
-               f"lesion?\n{options_text(r['options'])}\n"), _cue()]
+  history = ", ".join(f"{name}: {value}" for name, value in r["history"])
+  return [
+      _q("Given "),
+      _image(),
+      _q(". Patient History: "),
+      Segment(Role.CONTEXT, history),
+      _q(
+          ".\nQ: Which of the following is the most likely diagnosis of the patient's skin "
+          f"lesion?\n{options_text(r['options'])}\n"
+      ),
+      _cue(),
+  ]
 
 
 _LATERALITY = {"L": "left", "R": "right", "LEFT": "left", "RIGHT": "right"}
@@ -193,81 +226,124 @@ _MAMMO_VIEW = {"CC": "craniocaudal", "MLO": "mediolateral oblique"}
 
 
 def vindr_view(laterality: str, view: str) -> str:
-    """``L``, ``CC`` → ``left craniocaudal`` (the paper prints e.g. "bilateral craniocaudal")."""
-    side = _LATERALITY.get(laterality.upper(), laterality.lower())
-    return f"{side} {_MAMMO_VIEW.get(view.upper(), view.lower())}"
+  """``L``, ``CC`` → ``left craniocaudal`` (the paper prints e.g. "bilateral craniocaudal")."""
+  side = _LATERALITY.get(laterality.upper(), laterality.lower())
+  return f"{side} {_MAMMO_VIEW.get(view.upper(), view.lower())}"
 
 
 def vindr_query(r: Mapping) -> list[Segment]:
-    return [_q("Given mammogram image "), _image(),
-            _q(f". Image view: {vindr_view(r['laterality'], r['view'])} Q: What is the most likely "
-               f"breast BI-RADS score? {options_text(r['options'])}\n"), _cue()]
+  return [
+      _q("Given mammogram image "),
+      _image(),
+      _q(
+          f". Image view: {vindr_view(r['laterality'], r['view'])} Q: What is the most likely "
+          f"breast BI-RADS score? {options_text(r['options'])}\n"
+      ),
+      _cue(),
+  ]
 
 
 def cbis_ddsm_query(r: Mapping) -> list[Segment]:
-    return [_q("Given mammogram image "), _image(),
-            _q(f". Image view: {r['view']} Q: Which of the following is the most likely type of the "
-               f"patient's breast {r['abnormality']}? {options_text(r['options'])}\n"), _cue()]
+  return [
+      _q("Given mammogram image "),
+      _image(),
+      _q(
+          f". Image view: {r['view']} Q: Which of the following is the most likely type of the "
+          f"patient's breast {r['abnormality']}? {options_text(r['options'])}\n"
+      ),
+      _cue(),
+  ]
 
 
 def genomics_query(r: Mapping) -> list[Segment]:
-    return [_q("Given "), _image(),
-            _q(". Q: How many copies of this putative variant are shown in the middle of the image? "
-               f"{options_text(r['options'])} "), _cue()]
+  return [
+      _q("Given "),
+      _image(),
+      _q(
+          ". Q: How many copies of this putative variant are shown in the middle of the image? "
+          f"{options_text(r['options'])} "
+      ),
+      _cue(),
+  ]
 
 
 # --------------------------------------------------------------------------------------------
 # Per-task templates
 
+
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """How one task renders a record.
+  """How one task renders a record.
 
-    instruction: first line of every prompt ("" for none).
-    num_shots: exemplars per prompt (the paper's few-shot setup for the task).
-    query: record → query segments; the roles must be the same for every record of the task
-      (the TF side relies on a static layout).
-    answer_field: the record field holding the target text.
-    """
+  instruction: first line of every prompt ("" for none).
+  num_shots: exemplars per prompt (the paper's few-shot setup for the task).
+  query: record → query segments; the roles must be the same for every record of the task
+    (the TF side relies on a static layout).
+  answer_field: the record field holding the target text.
+  """
 
-    instruction: str
-    num_shots: int
-    query: Callable[[Mapping], list[Segment]]
-    answer_field: str = "answer"
+  instruction: str
+  num_shots: int
+  query: Callable[[Mapping], list[Segment]]
+  answer_field: str = "answer"
 
-    @property
-    def has_image(self) -> bool:
-        return Role.IMAGE in self.query_roles
+  @property
+  def has_image(self) -> bool:
+    return Role.IMAGE in self.query_roles
 
-    @property
-    def query_roles(self) -> tuple[Role, ...]:
-        return _ROLE_CACHE[self.query]
+  @property
+  def query_roles(self) -> tuple[Role, ...]:
+    return _ROLE_CACHE[self.query]
 
-    def target(self, record: Mapping) -> str:
-        answer = record.get(self.answer_field)
-        if not isinstance(answer, str) or not answer.strip():
-            raise ValueError(f"record {record.get('id')!r}: field {self.answer_field!r} must be a "
-                             f"non-empty string, got {answer!r}")
-        return with_period(answer)
+  def target(self, record: Mapping) -> str:
+    answer = record.get(self.answer_field)
+    if not isinstance(answer, str) or not answer.strip():
+      raise ValueError(
+          f"record {record.get('id')!r}: field {self.answer_field!r} must be a "
+          f"non-empty string, got {answer!r}"
+      )
+    return with_period(answer)
 
-    def exemplar(self, record: Mapping) -> str:
-        """One solved example: the query with its literal ``<img>``, then the target, then \\n."""
-        return "".join(s.text for s in self.query(record)) + " " + self.target(record) + "\n"
+  def exemplar(self, record: Mapping) -> str:
+    """One solved example: the query with its literal ``<img>``, then the target, then \\n."""
+    return "".join(s.text for s in self.query(record)) + " " + self.target(record) + "\n"
 
-    def render(self, record: Mapping, exemplars: Sequence[Mapping] = ()) -> Prompt:
-        return Prompt(instruction=self.instruction + "\n" if self.instruction else "",
-                      exemplars=tuple(self.exemplar(e) for e in exemplars),
-                      query=tuple(self.query(record)), target=self.target(record))
+  def render(self, record: Mapping, exemplars: Sequence[Mapping] = ()) -> Prompt:
+    return Prompt(
+        instruction=self.instruction + "\n" if self.instruction else "",
+        exemplars=tuple(self.exemplar(e) for e in exemplars),
+        query=tuple(self.query(record)),
+        target=self.target(record),
+    )
 
 
 # The static role layout of each query function (computed on a probe record).
-_PROBE = {"question": "q", "options": ["a", "b"], "context": "c", "findings": "f", "view": "AP",
-          "indication": "i", "condition": "c", "history": [("Age", "1")], "laterality": "L",
-          "abnormality": "mass"}
+_PROBE = {
+    "question": "q",
+    "options": ["a", "b"],
+    "context": "c",
+    "findings": "f",
+    "view": "AP",
+    "indication": "i",
+    "condition": "c",
+    "history": [("Age", "1")],
+    "laterality": "L",
+    "abnormality": "mass",
+}
 _ROLE_CACHE: dict[Callable, tuple[Role, ...]] = {}
-for _fn in (qa_query, pubmedqa_query, mimic_iii_query, vqa_query, cxr_report_query,
-            cxr_classification_query, pad_ufes_query, vindr_query, cbis_ddsm_query, genomics_query):
-    _ROLE_CACHE[_fn] = tuple(s.role for s in _fn(_PROBE))
+for _fn in (
+    qa_query,
+    pubmedqa_query,
+    mimic_iii_query,
+    vqa_query,
+    cxr_report_query,
+    cxr_classification_query,
+    pad_ufes_query,
+    vindr_query,
+    cbis_ddsm_query,
+    genomics_query,
+):
+  _ROLE_CACHE[_fn] = tuple(s.role for s in _fn(_PROBE))
 
 # Keys are the multimedbench_<key> task names. Shots per the paper's Table A.1 (PubMedQA: issue).
 TEMPLATES: dict[str, Template] = {
@@ -278,10 +354,12 @@ TEMPLATES: dict[str, Template] = {
     "vqa_rad": Template(VQA_INSTRUCTION, 1, vqa_query),
     "slake": Template(VQA_INSTRUCTION, 1, vqa_query),
     "path_vqa": Template(VQA_INSTRUCTION, 1, vqa_query),
-    "mimic_cxr_report": Template(CXR_REPORT_INSTRUCTION, 1, cxr_report_query,
-                                 answer_field="findings"),
-    "mimic_cxr_classification": Template(CXR_CLASSIFICATION_INSTRUCTION, 1,
-                                         cxr_classification_query),
+    "mimic_cxr_report": Template(
+        CXR_REPORT_INSTRUCTION, 1, cxr_report_query, answer_field="findings"
+    ),
+    "mimic_cxr_classification": Template(
+        CXR_CLASSIFICATION_INSTRUCTION, 1, cxr_classification_query
+    ),
     "pad_ufes_20": Template(PAD_UFES_INSTRUCTION, 1, pad_ufes_query),
     "vindr_mammo": Template(VINDR_INSTRUCTION, 1, vindr_query),
     "cbis_ddsm_mass": Template("", 0, cbis_ddsm_query),
@@ -293,68 +371,70 @@ TEMPLATES: dict[str, Template] = {
 # --------------------------------------------------------------------------------------------
 # Exemplar choice
 
+
 def _hash64(*parts: str) -> int:
-    digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little")
+  digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "little")
 
 
 def exemplar_group(record: Mapping) -> str:
-    """Records sharing this key must not serve as each other's exemplar (same study / image)."""
-    for key in ("study_id", "image_path"):
-        if record.get(key):
-            return f"{key}:{record[key]}"
-    return f"id:{record['id']}"
+  """Records sharing this key must not serve as each other's exemplar (same study / image)."""
+  for key in ("study_id", "image_path"):
+    if record.get(key):
+      return f"{key}:{record[key]}"
+  return f"id:{record['id']}"
 
 
 def exemplar_pool(records: Sequence[Mapping], max_size: int, salt: str) -> list[Mapping]:
-    """At most ``max_size`` training records to draw exemplars from, chosen by a seeded hash.
+  """At most ``max_size`` training records to draw exemplars from, chosen by a seeded hash.
 
-    Bounding the pool keeps the per-task exemplar table small (it is a graph constant) while the
-    choice stays a deterministic function of the data.
-    """
-    if len(records) <= max_size:
-        return list(records)
-    ranked = sorted(records, key=lambda r: _hash64(salt, "pool", str(r["id"])))
-    return ranked[:max_size]
+  Bounding the pool keeps the per-task exemplar table small (it is a graph constant) while the
+  choice stays a deterministic function of the data.
+  """
+  if len(records) <= max_size:
+    return list(records)
+  ranked = sorted(records, key=lambda r: _hash64(salt, "pool", str(r["id"])))
+  return ranked[:max_size]
 
 
 def choose_exemplars(record: Mapping, pool: Sequence[Mapping], k: int, salt: str) -> list[int]:
-    """Indices of ``k`` distinct pool records, a pure function of (salt, record id, pool).
+  """Indices of ``k`` distinct pool records, a pure function of (salt, record id, pool).
 
-    Never the record itself nor one of its exemplar_group. Returns fewer than ``k`` when the
-    pool has fewer eligible records.
-    """
-    if k <= 0 or not pool:
-        return []
-    rng = random.Random(_hash64(salt, "exemplars", str(record["id"])))
-    own_id, own_group = str(record["id"]), exemplar_group(record)
+  Never the record itself nor one of its exemplar_group. Returns fewer than ``k`` when the
+  pool has fewer eligible records.
+  """
+  if k <= 0 or not pool:
+    return []
+  rng = random.Random(_hash64(salt, "exemplars", str(record["id"])))
+  own_id, own_group = str(record["id"]), exemplar_group(record)
 
-    def eligible(i: int) -> bool:
-        other = pool[i]
-        return str(other["id"]) != own_id and exemplar_group(other) != own_group
+  def eligible(i: int) -> bool:
+    other = pool[i]
+    return str(other["id"]) != own_id and exemplar_group(other) != own_group
 
-    chosen: list[int] = []
-    for _ in range(32 * k):  # random probes first: O(k) for any realistic pool
-        i = rng.randrange(len(pool))
-        if i not in chosen and eligible(i):
-            chosen.append(i)
-            if len(chosen) == k:
-                return chosen
-    start = rng.randrange(len(pool))  # tiny or mostly ineligible pools: deterministic scan
-    for j in range(len(pool)):
-        i = (start + j) % len(pool)
-        if i not in chosen and eligible(i):
-            chosen.append(i)
-            if len(chosen) == k:
-                break
-    return chosen
+  chosen: list[int] = []
+  for _ in range(32 * k):  # random probes first: O(k) for any realistic pool
+    i = rng.randrange(len(pool))
+    if i not in chosen and eligible(i):
+      chosen.append(i)
+      if len(chosen) == k:
+        return chosen
+  start = rng.randrange(len(pool))  # tiny or mostly ineligible pools: deterministic scan
+  for j in range(len(pool)):
+    i = (start + j) % len(pool)
+    if i not in chosen and eligible(i):
+      chosen.append(i)
+      if len(chosen) == k:
+        break
+  return chosen
 
 
-def render(task: str, record: Mapping, train_records: Sequence[Mapping] = (), *,
-           salt: str | None = None) -> Prompt:
-    """The prompt of ``record`` for task ``task`` (e.g. ``"vqa_rad"``), exemplars from
-    ``train_records`` (all of them form the pool here; tasks bound the pool, see exemplar_pool)."""
-    template = TEMPLATES[task.removeprefix("multimedbench_")]
-    salt = task if salt is None else salt
-    picks = choose_exemplars(record, train_records, template.num_shots, salt)
-    return template.render(record, [train_records[i] for i in picks])
+def render(
+    task: str, record: Mapping, train_records: Sequence[Mapping] = (), *, salt: str | None = None
+) -> Prompt:
+  """The prompt of ``record`` for task ``task`` (e.g. ``"vqa_rad"``), exemplars from
+  ``train_records`` (all of them form the pool here; tasks bound the pool, see exemplar_pool)."""
+  template = TEMPLATES[task.removeprefix("multimedbench_")]
+  salt = task if salt is None else salt
+  picks = choose_exemplars(record, train_records, template.num_shots, salt)
+  return template.render(record, [train_records[i] for i in picks])

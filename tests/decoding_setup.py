@@ -1,4 +1,5 @@
 """Shared set-up for the decoding tests: a small MedPalmMModel and multimodal prompts."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from medpalm import configs
+from medpalm.models import configs
 from medpalm.model import MedPalmMModel
 from medpalm.models import medpalm_m
 from medpalm.models.medpalm_m import MedPalmM
@@ -39,15 +40,17 @@ def prompt_batch(config, prompt_lengths=(9, 14), image_at=(2, 5), length=24, see
   tokens = rng.integers(2, 500, (batch, length)).astype(np.int32)
   causal = np.zeros((batch, length), np.int32)
   for row, (p, at) in enumerate(zip(prompt_lengths, image_at)):
-    tokens[row, at:at + m] = config.image_token_id
+    tokens[row, at : at + m] = config.image_token_id
     causal[row, :p] = 1
   targets = np.roll(tokens, -1, axis=1)
   targets[:, -1] = 0
   weights = (1 - causal).astype(np.float32)
   weights[:, -1] = 0
-  return {"decoder_input_tokens": jnp.asarray(tokens),
-          "decoder_target_tokens": jnp.asarray(targets),
-          "decoder_causal_attention": jnp.asarray(causal),
-          "decoder_loss_weights": jnp.asarray(weights),
-          "images": jnp.asarray(rng.integers(0, 256, (batch, 1, size, size, 3), np.uint8)),
-          "image_mask": jnp.ones((batch, 1), bool)}
+  return {
+      "decoder_input_tokens": jnp.asarray(tokens),
+      "decoder_target_tokens": jnp.asarray(targets),
+      "decoder_causal_attention": jnp.asarray(causal),
+      "decoder_loss_weights": jnp.asarray(weights),
+      "images": jnp.asarray(rng.integers(0, 256, (batch, 1, size, size, 3), np.uint8)),
+      "image_mask": jnp.ones((batch, 1), bool),
+  }

@@ -5,6 +5,7 @@ says on which side of the image a bright square is (id 10 = left, 11 = right): l
 from the image. Records live in memory (`from_tensor_slices`), so the input pipeline is
 checkpointable (ENV_NOTES 13). Importing this module registers the task.
 """
+
 import os
 import sys
 
@@ -27,21 +28,28 @@ def _records(n: int, seed: int) -> dict:
   images = rng.integers(0, 30, (n, 1, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.uint8)
   for i, s in enumerate(side):
     col = 2 if s == 0 else IMAGE_SIZE // 2 + 2
-    images[i, 0, 10:20, col:col + 10] = 250
+    images[i, 0, 10:20, col : col + 10] = 250
   inputs = np.tile(np.asarray([5, 6] + [IMAGE_TOKEN] * NUM_IMAGE_TOKENS + [7], np.int32), (n, 1))
-  return {"inputs": inputs, "targets": (10 + side[:, None]).astype(np.int32),
-          "images": images, "image_mask": np.ones((n, 1), bool)}
+  return {
+      "inputs": inputs,
+      "targets": (10 + side[:, None]).astype(np.int32),
+      "images": images,
+      "image_mask": np.ones((n, 1), bool),
+  }
 
 
 def _dataset_fn(split, shuffle_files, seed=None):
   del shuffle_files, seed
-  return tf.data.Dataset.from_tensor_slices(_records(64 if split == "train" else 16,
-                                                     0 if split == "train" else 1))
+  return tf.data.Dataset.from_tensor_slices(
+      _records(64 if split == "train" else 16, 0 if split == "train" else 1)
+  )
 
 
 def accuracy(targets, predictions):
-  return {"accuracy": 100.0 * float(np.mean([list(t) == list(p)[:len(t)]
-                                             for t, p in zip(targets, predictions)]))}
+  return {
+      "accuracy": 100.0
+      * float(np.mean([list(t) == list(p)[: len(t)] for t, p in zip(targets, predictions)]))
+  }
 
 
 def register() -> None:
@@ -49,15 +57,18 @@ def register() -> None:
   none = seqio.PassThroughVocabulary(0)
   seqio.TaskRegistry.remove(TASK)
   seqio.TaskRegistry.add(
-      TASK, source=seqio.FunctionDataSource(_dataset_fn, splits=("train", "validation")),
+      TASK,
+      source=seqio.FunctionDataSource(_dataset_fn, splits=("train", "validation")),
       preprocessors=[seqio.preprocessors.append_eos_after_trim],
       output_features={
           "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
           "targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32),
           "images": seqio.Feature(none, add_eos=False, dtype=tf.uint8, rank=4, required=False),
-          "image_mask": seqio.Feature(none, add_eos=False, dtype=tf.bool, rank=1,
-                                      required=False)},
-      metric_fns=[accuracy], shuffle_buffer_size=64)
+          "image_mask": seqio.Feature(none, add_eos=False, dtype=tf.bool, rank=1, required=False),
+      },
+      metric_fns=[accuracy],
+      shuffle_buffer_size=64,
+  )
 
 
 register()
@@ -79,17 +90,22 @@ BINDINGS = [
     "CHECKPOINT_PERIOD = 2",
     "CHECKPOINTS_TO_KEEP = 2",
 ]
-GIN_HEADER = ("from __gin__ import dynamic_registration\nimport seqio\n"
-              "from medpalm import data\nfrom medpalm import partitioning\n"
-              "from medpalm import train as train_script\n")
+GIN_HEADER = (
+    "from __gin__ import dynamic_registration\nimport seqio\n"
+    "from medpalm.driver import data\nfrom medpalm import partitioning\n"
+    "from medpalm.driver import train as train_script\n"
+)
 
 
 def train_argv(model_dir, steps: int, extra=()) -> list[str]:
   """argv of `python -m medpalm.main` training the tiny model on the toy task."""
   gin_file = os.path.join(REPO, "gin_configs", "experiments", "demo_cpu.gin")
   bindings = BINDINGS + [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *extra]
-  return ["--run_mode=train", f"--gin_file={gin_file}",
-          "--gin_bindings=" + GIN_HEADER + "\n".join(bindings)]
+  return [
+      "--run_mode=train",
+      f"--gin_file={gin_file}",
+      "--gin_bindings=" + GIN_HEADER + "\n".join(bindings),
+  ]
 
 
 def subprocess_env(devices: int = 8) -> dict:

@@ -2,6 +2,7 @@
 SentencePiece model, and the 14 tasks registered under the prefix ``mmbtest`` with a short image
 (16×16) and 4 image tokens so the whole task suite runs in seconds. Built once per process.
 """
+
 import dataclasses
 import pathlib
 
@@ -17,29 +18,36 @@ _ENV = None
 
 @dataclasses.dataclass
 class TasksEnv:
-    root: pathlib.Path
-    prepared: pathlib.Path
-    vocabulary: vocab.MedPalmVocabulary
+  root: pathlib.Path
+  prepared: pathlib.Path
+  vocabulary: vocab.MedPalmVocabulary
 
-    def name(self, task: str) -> str:
-        return f"{PREFIX}_{task}"
+  def name(self, task: str) -> str:
+    return f"{PREFIX}_{task}"
 
 
 def tasks_env(tmp_path_factory) -> TasksEnv:
-    global _ENV
-    if _ENV is None:
-        base = tmp_path_factory.mktemp("mmb")
-        root = base / "data"
-        demo_data.write_all(root, num_examples=4, seed=0)
-        prepared = base / "prepared"
-        prepare.prepare(data_dir=str(root), prepared_dir=str(prepared), image_size=IMAGE_SIZE,
-                        progress_bar=False)
-        model = vocab.train_sentencepiece(base / "spm" / "test", vocab.corpus_from_data(root),
-                                          vocab_size=1000)
-        vocabulary = vocab.MedPalmVocabulary(model)
-        multimedbench.register_all(prefix=PREFIX, vocabulary=vocabulary,
-                                   num_image_tokens=NUM_IMAGE_TOKENS, image_size=IMAGE_SIZE,
-                                   data_dir=str(root), prepared_dir=str(prepared),
-                                   shuffle_buffer_size=64)
-        _ENV = TasksEnv(root, prepared, vocabulary)
-    return _ENV
+  global _ENV
+  if _ENV is None:
+    base = tmp_path_factory.mktemp("mmb")
+    root = base / "data"
+    demo_data.write_all(root, num_examples=4, seed=0)
+    prepared = base / "prepared"
+    prepare.prepare(
+        data_dir=str(root), prepared_dir=str(prepared), image_size=IMAGE_SIZE, progress_bar=False
+    )
+    model = vocab.train_sentencepiece(
+        base / "spm" / "test", vocab.corpus_from_data(root), vocab_size=1000
+    )
+    vocabulary = vocab.MedPalmVocabulary(model)
+    multimedbench.register_all(
+        prefix=PREFIX,
+        vocabulary=vocabulary,
+        num_image_tokens=NUM_IMAGE_TOKENS,
+        image_size=IMAGE_SIZE,
+        data_dir=str(root),
+        prepared_dir=str(prepared),
+        shuffle_buffer_size=64,
+    )
+    _ENV = TasksEnv(root, prepared, vocabulary)
+  return _ENV

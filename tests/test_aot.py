@@ -5,6 +5,7 @@ XLA reports equals what we compute from our own shardings: every parameter, opti
 batch shard, padded to the TPU tile layout the compiler chose. A step that cannot fit comes back
 as an out-of-memory result with the compiler's figures.
 """
+
 import json
 import math
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from launch import aot_compile, topologies
-from medpalm import configs
+from medpalm.models import configs
 
 pytestmark = pytest.mark.tpu_backend
 
@@ -31,7 +32,7 @@ def _shard_bytes(arg: jax.ShapeDtypeStruct, layout) -> int:
   shape, dtype = tuple(arg.sharding.shard_shape(arg.shape)), arg.dtype
   if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):  # key<fry>() is uint32[2]
     data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(arg.shape, dtype))
-    shape, dtype = shape + data.shape[len(arg.shape):], data.dtype
+    shape, dtype = shape + data.shape[len(arg.shape) :], data.dtype
   dims = [shape[i] for i in layout.major_to_minor] or [1]
   tile = layout.tiling[0] if layout.tiling else ()
   for k, t in enumerate(reversed(tile)):
@@ -48,8 +49,9 @@ def tiny():
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
 def test_tiny_train_step_compiles_and_argument_memory_is_our_shards(tiny, topology):
   topology = topologies.get_topology(topology)
-  plan = aot_compile.make_plan(tiny, topology, batch_size=8, inputs_length=264,
-                               targets_length=8, mesh_sizes=MESH)
+  plan = aot_compile.make_plan(
+      tiny, topology, batch_size=8, inputs_length=264, targets_length=8, mesh_sizes=MESH
+  )
   assert plan.mesh.devices.flat[0].platform == "tpu"
   assert dict(plan.mesh.shape) == MESH
 
@@ -57,8 +59,9 @@ def test_tiny_train_step_compiles_and_argument_memory_is_our_shards(tiny, topolo
   report = aot_compile.compiled_report(plan, "train", compiled)
   assert report.status == "ok", report.message
   assert report.hbm_bytes == topology.gen.hbm_bytes
-  assert report.total_bytes == (report.argument_bytes + report.output_bytes
-                                + report.temp_bytes - report.alias_bytes)
+  assert report.total_bytes == (
+      report.argument_bytes + report.output_bytes + report.temp_bytes - report.alias_bytes
+  )
   # Parameters and optimizer state are donated: their outputs reuse the argument buffers.
   assert report.alias_bytes > 0
   assert report.flops_per_chip > 0 and report.model_flops_per_chip > 0
@@ -72,21 +75,36 @@ def test_tiny_train_step_compiles_and_argument_memory_is_our_shards(tiny, topolo
   # The parameters + optimizer state (the bulk) are really split four ways: a replicated
   # layout would hold about 4x the bytes of the largest kernels on every chip.
   state = jax.tree.leaves((args[0], args[1]))
-  state_layouts = layouts[:len(state)]
+  state_layouts = layouts[: len(state)]
   sharded = sum(_shard_bytes(a, l) for a, l in zip(state, state_layouts))
-  whole = sum(_shard_bytes(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=jax.sharding
-                                                .NamedSharding(plan.mesh, jax.sharding
-                                                               .PartitionSpec())), l)
-              for a, l in zip(state, state_layouts))
+  whole = sum(
+      _shard_bytes(
+          jax.ShapeDtypeStruct(
+              a.shape,
+              a.dtype,
+              sharding=jax.sharding.NamedSharding(plan.mesh, jax.sharding.PartitionSpec()),
+          ),
+          l,
+      )
+      for a, l in zip(state, state_layouts)
+  )
   assert sharded < 0.5 * whole
   embedding = args[0]["decoder"]["embedding"]
   assert embedding.sharding.shard_shape(embedding.shape) == (512, 32)  # [vocab/model, embed/fsdp]
 
 
 def test_prefill_and_decode_compile(tiny):
-  summary = aot_compile.run("tiny", "v5e:2x2", batch_size=4, inputs_length=264,
-                            targets_length=8, mesh="fsdp=-1,model=2", dtype="float32",
-                            steps=("prefill", "decode"), config=tiny)
+  summary = aot_compile.run(
+      "tiny",
+      "v5e:2x2",
+      batch_size=4,
+      inputs_length=264,
+      targets_length=8,
+      mesh="fsdp=-1,model=2",
+      dtype="float32",
+      steps=("prefill", "decode"),
+      config=tiny,
+  )
   assert summary["mesh"] == {"data": 1, "fsdp": 2, "model": 2}
   for step in ("prefill", "decode"):
     report = summary["steps"][step]
@@ -101,10 +119,29 @@ def test_prefill_and_decode_compile(tiny):
 def test_out_of_memory_is_a_result_with_the_compilers_figures(capsys):
   # 8192 × 1222 positions of float32 logits over a 1024 vocabulary: ~10 GiB per chip before
   # their gradients, far beyond a v5e chip's 16 GiB once softmax and backward temporaries count.
-  status = aot_compile.main(["--config", "tiny", "--topology", "v5e:2x2", "--batch_size", "8192",
-                             "--inputs_length", "966", "--targets_length", "256",
-                             "--mesh", "fsdp=-1", "--remat", "none", "--dtype", "float32",
-                             "--steps", "train", "--json"])
+  status = aot_compile.main(
+      [
+          "--config",
+          "tiny",
+          "--topology",
+          "v5e:2x2",
+          "--batch_size",
+          "8192",
+          "--inputs_length",
+          "966",
+          "--targets_length",
+          "256",
+          "--mesh",
+          "fsdp=-1",
+          "--remat",
+          "none",
+          "--dtype",
+          "float32",
+          "--steps",
+          "train",
+          "--json",
+      ]
+  )
   assert status == 2  # the exit status says it does not fit
   summary = json.loads(capsys.readouterr().out)
   report = summary["steps"]["train"]
@@ -136,5 +173,11 @@ def test_bad_mesh_and_batch_are_refused(tiny):
   assert aot_compile._parse_option("a=false") == ("a", False)
   assert aot_compile._parse_option("b=12") == ("b", 12)
   with pytest.raises(ValueError, match="batch_size 5 does not divide"):
-    aot_compile.make_plan(tiny, topologies.get_topology("v5e:2x2"), batch_size=5,
-                          inputs_length=264, targets_length=8, mesh_sizes=MESH)
+    aot_compile.make_plan(
+        tiny,
+        topologies.get_topology("v5e:2x2"),
+        batch_size=5,
+        inputs_length=264,
+        targets_length=8,
+        mesh_sizes=MESH,
+    )

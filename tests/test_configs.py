@@ -1,10 +1,11 @@
 """Parameter counts of every paper size, from eval_shape (nothing allocated)."""
+
 import subprocess
 import sys
 
 import pytest
 
-from medpalm import configs
+from medpalm.models import configs, medpalm_m
 
 # PaLM Table 1 (decoders) and the ViT sizes; counts in parameters.
 DECODER = {"12b": 8.63e9, "84b": 62.50e9, "562b": 540.35e9}
@@ -13,7 +14,7 @@ VISION = {"12b": ("ViT-e", 3.81e9), "84b": ("ViT-22B", 21.74e9), "562b": ("ViT-2
 
 def analytic_vit(c):
   """Per layer 4·d² + 2·d·d_ff (+ biases / norms ignored), the formula the ViT papers quote."""
-  return c.num_layers * (4 * c.d_model ** 2 + 2 * c.d_model * c.d_ff)
+  return c.num_layers * (4 * c.d_model**2 + 2 * c.d_model * c.d_ff)
 
 
 def analytic_palm(c):
@@ -25,7 +26,7 @@ def analytic_palm(c):
 @pytest.mark.parametrize("name", ["12b", "84b", "562b"])
 def test_parameter_counts_match_the_papers(name):
   config = configs.get_config(name)
-  counts = configs.parameter_counts(config)
+  counts = medpalm_m.parameter_counts(config)
   assert counts["decoder"] == pytest.approx(DECODER[name], rel=0.005)
   assert counts["decoder"] == pytest.approx(analytic_palm(config.decoder), rel=1e-4)
   _, vit = VISION[name]
@@ -42,12 +43,16 @@ def test_562b_attention_is_narrower_than_d_model():
 
 
 def test_summary_prints_one_line_per_config():
-  out = subprocess.run([sys.executable, "-m", "medpalm.configs", "--summary"], check=True,
-                       capture_output=True, text=True).stdout.splitlines()
+  out = subprocess.run(
+      [sys.executable, "-m", "medpalm.models", "--summary"],
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout.splitlines()
   assert [line.split()[0] for line in out] == list(configs.CONFIGS)
   fields = dict(kv.split("=") for kv in out[1].split()[1:])
   assert out[1].startswith("12b ") and set(fields) == {"decoder", "vision", "total"}
-  assert int(fields["decoder"]) == configs.parameter_counts(configs.get_config("12b"))["decoder"]
+  assert int(fields["decoder"]) == medpalm_m.parameter_counts(configs.get_config("12b"))["decoder"]
 
 
 def test_unknown_config_name_is_a_clear_error():

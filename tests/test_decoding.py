@@ -1,4 +1,5 @@
 """KV-cache decoding: equal to recomputation, greedy / beam / sampling relations, sharding."""
+
 import functools
 
 import jax
@@ -33,16 +34,22 @@ def test_cached_steps_equal_full_recomputation(setup, prefix_bidirectional):
     for step in range(5):
       positions = np.asarray(lengths) + step
       full = MedPalmM(config).apply(
-          {"params": params}, jnp.asarray(tokens), images=batch["images"],
+          {"params": params},
+          jnp.asarray(tokens),
+          images=batch["images"],
           image_mask=batch["image_mask"],
-          decoder_causal_attention=(batch["decoder_causal_attention"] if prefix_bidirectional
-                                    else None))
-      np.testing.assert_allclose(np.asarray(logits), np.asarray(full[rows, positions - 1]),
-                                 atol=1e-5, rtol=0)
+          decoder_causal_attention=(
+              batch["decoder_causal_attention"] if prefix_bidirectional else None
+          ),
+      )
+      np.testing.assert_allclose(
+          np.asarray(logits), np.asarray(full[rows, positions - 1]), atol=1e-5, rtol=0
+      )
       token = np.asarray(jnp.argmax(logits, -1), np.int32)
       tokens[rows, positions] = token
-      logits, cache = model.extend(params, jnp.asarray(token)[:, None],
-                                    jnp.asarray(positions)[:, None], cache)
+      logits, cache = model.extend(
+          params, jnp.asarray(token)[:, None], jnp.asarray(positions)[:, None], cache
+      )
   finally:
     model.prefix_bidirectional = False
 
@@ -52,20 +59,24 @@ def test_greedy_decodes_are_the_argmax_chain_and_stop_at_eos(setup):
   decodes, aux = model.predict_batch_with_aux(params, batch)
   assert decodes.shape == (2, 24) and decodes.dtype == jnp.int32
   lengths = np.asarray(jnp.sum(batch["decoder_causal_attention"], 1))
-  assert np.all(np.asarray(decodes)[0, 24 - lengths[0]:] == 0)  # no room past the cache
+  assert np.all(np.asarray(decodes)[0, 24 - lengths[0] :] == 0)  # no room past the cache
   # The score is the log-likelihood of the decode under the model, as score_batch computes it.
   for row in range(2):
     n = int(np.sum(np.asarray(decodes[row]) != 0))
     seq = np.zeros((1, 24 + 24), np.int32)
-    prompt = np.asarray(batch["decoder_input_tokens"][row, :lengths[row]])
-    seq[0, :lengths[row]] = prompt
-    seq[0, lengths[row]:lengths[row] + n] = np.asarray(decodes[row, :n])
+    prompt = np.asarray(batch["decoder_input_tokens"][row, : lengths[row]])
+    seq[0, : lengths[row]] = prompt
+    seq[0, lengths[row] : lengths[row] + n] = np.asarray(decodes[row, :n])
     targets = np.roll(seq, -1, 1)
     weights = np.zeros_like(seq, np.float32)
-    weights[0, lengths[row] - 1:lengths[row] - 1 + n] = 1
-    one = {"decoder_input_tokens": jnp.asarray(seq), "decoder_target_tokens": jnp.asarray(targets),
-           "decoder_loss_weights": jnp.asarray(weights), "images": batch["images"][row:row + 1],
-           "image_mask": batch["image_mask"][row:row + 1]}
+    weights[0, lengths[row] - 1 : lengths[row] - 1 + n] = 1
+    one = {
+        "decoder_input_tokens": jnp.asarray(seq),
+        "decoder_target_tokens": jnp.asarray(targets),
+        "decoder_loss_weights": jnp.asarray(weights),
+        "images": batch["images"][row : row + 1],
+        "image_mask": batch["image_mask"][row : row + 1],
+    }
     np.testing.assert_allclose(model.score_batch(params, one)[0], aux["scores"][row], rtol=1e-4)
 
 
@@ -80,7 +91,7 @@ def test_eos_ends_a_row_and_zeros_follow():
   decodes, _ = model.predict_batch_with_aux(params, batch)
   row = np.asarray(decodes[0])
   end = int(np.argmax(row == target))
-  assert row[end] == target and np.all(row[end + 1:] == 0)
+  assert row[end] == target and np.all(row[end + 1 :] == 0)
 
 
 def test_beam_one_equals_greedy_and_wider_beams_score_higher(setup):
@@ -88,11 +99,13 @@ def test_beam_one_equals_greedy_and_wider_beams_score_higher(setup):
   greedy, g_aux = model.predict_batch_with_aux(params, batch)
   beam_model, _ = make_model(config, decode_fn=decoding.beam_search)
   beam1, b1_aux = beam_model.predict_batch_with_aux(
-      params, batch, num_decodes=1, decoder_params={"alpha": 0.0})
+      params, batch, num_decodes=1, decoder_params={"alpha": 0.0}
+  )
   np.testing.assert_array_equal(beam1, greedy)
   np.testing.assert_allclose(b1_aux["scores"], g_aux["scores"], rtol=1e-5)
   beams, aux = beam_model.predict_batch_with_aux(
-      params, batch, num_decodes=4, return_all_decodes=True, decoder_params={"alpha": 0.0})
+      params, batch, num_decodes=4, return_all_decodes=True, decoder_params={"alpha": 0.0}
+  )
   assert beams.shape == (2, 4, 24)
   assert np.all(np.diff(np.asarray(aux["scores"]), axis=1) >= 0)  # ascending, best last
   assert np.all(np.asarray(aux["scores"][:, -1]) >= np.asarray(g_aux["scores"]) - 1e-4)
@@ -101,16 +114,22 @@ def test_beam_one_equals_greedy_and_wider_beams_score_higher(setup):
 def test_sampling_limits(setup):
   config, model, params, batch = setup
   greedy, _ = model.predict_batch_with_aux(params, batch)
-  cold, _ = model.predict_batch_with_aux(params, batch, rng=jax.random.key(3),
-                                         decoder_params={"temperature": 1e-4})
+  cold, _ = model.predict_batch_with_aux(
+      params, batch, rng=jax.random.key(3), decoder_params={"temperature": 1e-4}
+  )
   np.testing.assert_array_equal(cold, greedy)
-  top1, _ = model.predict_batch_with_aux(params, batch, rng=jax.random.key(3),
-                                         decoder_params={"temperature": 5.0, "topk": 1})
+  top1, _ = model.predict_batch_with_aux(
+      params, batch, rng=jax.random.key(3), decoder_params={"temperature": 5.0, "topk": 1}
+  )
   np.testing.assert_array_equal(top1, greedy)
-  hot = functools.partial(model.predict_batch_with_aux, params, batch,
-                          decoder_params={"temperature": 3.0, "topp": 0.95})
-  a, b, c = hot(rng=jax.random.key(7))[0], hot(rng=jax.random.key(7))[0], hot(
-      rng=jax.random.key(8))[0]
+  hot = functools.partial(
+      model.predict_batch_with_aux, params, batch, decoder_params={"temperature": 3.0, "topp": 0.95}
+  )
+  a, b, c = (
+      hot(rng=jax.random.key(7))[0],
+      hot(rng=jax.random.key(7))[0],
+      hot(rng=jax.random.key(8))[0],
+  )
   np.testing.assert_array_equal(a, b)
   assert np.any(np.asarray(a) != np.asarray(c))
 
@@ -118,8 +137,13 @@ def test_sampling_limits(setup):
 def test_num_decodes_samples_are_sorted_by_score(setup):
   config, model, params, batch = setup
   decodes, aux = model.predict_batch_with_aux(
-      params, batch, rng=jax.random.key(0), num_decodes=3, return_all_decodes=True,
-      decoder_params={"temperature": 2.0})
+      params,
+      batch,
+      rng=jax.random.key(0),
+      num_decodes=3,
+      return_all_decodes=True,
+      decoder_params={"temperature": 2.0},
+  )
   assert decodes.shape == (2, 3, 24)
   assert np.all(np.diff(np.asarray(aux["scores"]), axis=1) >= 0)
 
@@ -142,23 +166,30 @@ def test_sharded_decoding_matches_unsharded(setup):
   config, model, params, batch = setup
   want, _ = model.predict_batch_with_aux(params, batch)
   mesh = partitioning.make_mesh(data=1, fsdp=2, model=2, devices=jax.devices()[:4])
-  boxed = jax.eval_shape(lambda: MedPalmM(config).init(
-      jax.random.key(0), **{k: batch[k] for k in ("decoder_input_tokens", "images",
-                                                   "image_mask")}))
+  boxed = jax.eval_shape(
+      lambda: MedPalmM(config).init(
+          jax.random.key(0),
+          **{k: batch[k] for k in ("decoder_input_tokens", "images", "image_mask")}
+      )
+  )
   with partitioning.using(mesh):
     shardings = partitioning.mesh_shardings(boxed, mesh)["params"]
     sharded = jax.device_put(params, shardings)
-    data = {k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim))
-            for k, v in batch.items()}
+    data = {
+        k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim)) for k, v in batch.items()
+    }
     got = jax.jit(model.predict_batch)(sharded, data)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(decoder_params={"temprature": 0.5}), r"\['temprature'\] not accepted"),
-    (dict(num_decodes=0), "num_decodes must be >= 1"),
-    (dict(decoder_params={"max_decode_length": 12}), "prompt of 14 positions leaves no room"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(decoder_params={"temprature": 0.5}), r"\['temprature'\] not accepted"),
+        (dict(num_decodes=0), "num_decodes must be >= 1"),
+        (dict(decoder_params={"max_decode_length": 12}), "prompt of 14 positions leaves no room"),
+    ],
+)
 def test_bad_decoding_requests_are_clear_errors(setup, kwargs, message):
   config, model, params, batch = setup
   with pytest.raises(ValueError, match=message):
@@ -168,14 +199,19 @@ def test_bad_decoding_requests_are_clear_errors(setup, kwargs, message):
 def test_decode_step_without_prefill_is_a_clear_error(setup):
   config, model, params, batch = setup
   with pytest.raises(ValueError, match="run a prefill first"):
-    MedPalmM(config).apply({"params": params}, jnp.ones((2, 1), jnp.int32),
-                           decoder_positions=jnp.zeros((2, 1), jnp.int32), decode=True,
-                           mutable=["cache"])
+    MedPalmM(config).apply(
+        {"params": params},
+        jnp.ones((2, 1), jnp.int32),
+        decoder_positions=jnp.zeros((2, 1), jnp.int32),
+        decode=True,
+        mutable=["cache"],
+    )
   assert EOS == model.output_vocabulary.eos_id
 
 
 def test_rank_classification_scores_each_option_after_the_prompt(setup):
-  from medpalm import rank_classification
+  from medpalm.evaluation import rank_classification
+
   config, model, params, batch = setup
   options = [[17, 1], [23, 29, 1], [5, 1]]
   scores, probs, best = rank_classification.rank_classify(model, params, batch, options)
@@ -188,8 +224,9 @@ def test_rank_classification_scores_each_option_after_the_prompt(setup):
     for k, option in enumerate(options):
       p = lengths[row]
       seq = np.concatenate([np.asarray(batch["decoder_input_tokens"][row, :p]), option])
-      logits = MedPalmM(config).apply({"params": params}, jnp.asarray(seq)[None],
-                                      images=batch["images"][row:row + 1])
+      logits = MedPalmM(config).apply(
+          {"params": params}, jnp.asarray(seq)[None], images=batch["images"][row : row + 1]
+      )
       log_probs = jax.nn.log_softmax(logits[0], -1)
       want = sum(float(log_probs[p - 1 + j, tok]) for j, tok in enumerate(option))
       assert float(scores[row, k]) == pytest.approx(want, rel=1e-5)
@@ -202,8 +239,9 @@ def test_kv_cache_is_sharded_by_its_logical_axes():
   batch = prompt_batch(config, prompt_lengths=(9, 14) * 4, image_at=(2, 5) * 4)
   mesh = partitioning.make_mesh(2, 2, 2)
   with partitioning.using(mesh):
-    data = {k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim))
-            for k, v in batch.items()}
+    data = {
+        k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim)) for k, v in batch.items()
+    }
     lengths = jnp.sum(batch["decoder_causal_attention"], 1)
     start = jax.jit(lambda p, b: model.prefill(p, b, 24, lengths))(params, data)
   leaves = jax.tree.leaves(start.cache)

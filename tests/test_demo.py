@@ -1,6 +1,7 @@
 """`make demo`'s code path, shortened: data -> train (checkpoints, periodic eval) -> evaluation
 with and without images -> metrics.json + report.md. Runs in a subprocess: the demo registers the
 multimedbench tasks at its own image size and data directory."""
+
 import json
 import subprocess
 
@@ -12,11 +13,31 @@ from tests import driver_setup
 @pytest.mark.slow
 def test_shortened_demo_writes_its_report(tmp_path):
   out = tmp_path / "demo"
-  argv = [driver_setup.PYTHON, "-m", "medpalm.demo", "--output", str(out), "--steps", "30",
-          "--num_examples", "16", "--eval_examples", "8", "--batch_size", "8",
-          "--eval_tasks", "multimedbench_medqa"]
-  run = subprocess.run(argv, env=driver_setup.subprocess_env(8), cwd=driver_setup.REPO,
-                       capture_output=True, text=True, timeout=900)
+  argv = [
+      driver_setup.PYTHON,
+      "-m",
+      "medpalm.demo",
+      "--output",
+      str(out),
+      "--steps",
+      "30",
+      "--num_examples",
+      "16",
+      "--eval_examples",
+      "8",
+      "--batch_size",
+      "8",
+      "--eval_tasks",
+      "multimedbench_medqa",
+  ]
+  run = subprocess.run(
+      argv,
+      env=driver_setup.subprocess_env(8),
+      cwd=driver_setup.REPO,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())
   image, blank = metrics["multimedbench_vqa_rad"], metrics["multimedbench_vqa_rad_blank_images"]

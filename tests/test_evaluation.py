@@ -1,5 +1,6 @@
 """Evaluation end to end: the tiny model on every MultiMedBench task's test split (demo_data
 fixtures) through seqio.Evaluator, the per-task JSON, and the report beside the paper's table."""
+
 import json
 import math
 import os
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import seqio
 
-from medpalm import configs, evaluation, paper_results, report
+from medpalm.models import configs
+from medpalm.evaluation import evaluator as evaluation, paper_results, report
 from medpalm.model import MedPalmMModel
 from medpalm.models import medpalm_m
 from medpalm.models.medpalm_m import MedPalmM
@@ -28,11 +30,21 @@ def setup(tmp_path_factory):
   """The test data at 28 px, the 14 tasks under ``mmbeval``, and a randomly initialised tiny
   model sized to the test vocabulary."""
   env = env_lib.tasks_env(tmp_path_factory)
-  prepare.prepare(data_dir=str(env.root), prepared_dir=str(env.prepared), image_size=IMAGE_SIZE,
-                  progress_bar=False)
-  multimedbench.register_all(prefix=PREFIX, vocabulary=env.vocabulary, num_image_tokens=4,
-                             image_size=IMAGE_SIZE, data_dir=str(env.root),
-                             prepared_dir=str(env.prepared), shuffle_buffer_size=64)
+  prepare.prepare(
+      data_dir=str(env.root),
+      prepared_dir=str(env.prepared),
+      image_size=IMAGE_SIZE,
+      progress_bar=False,
+  )
+  multimedbench.register_all(
+      prefix=PREFIX,
+      vocabulary=env.vocabulary,
+      num_image_tokens=4,
+      image_size=IMAGE_SIZE,
+      data_dir=str(env.root),
+      prepared_dir=str(env.prepared),
+      shuffle_buffer_size=64,
+  )
   config = configs.get_config("tiny", image_size=IMAGE_SIZE, vocab=env.vocabulary)
   assert config.num_image_tokens == 4
   model = MedPalmMModel(MedPalmM(config), env.vocabulary)
@@ -52,6 +64,7 @@ def _test_examples(name):
 
 # ----------------------------------------------------------------------------- task hooks
 
+
 def test_metric_fns_are_the_papers_metrics():
   for task in multimedbench.TASKS:
     assert multimedbench.metric_fns(task) == metrics.TASK_METRICS[f"multimedbench_{task}"]
@@ -66,16 +79,27 @@ def test_metric_fns_are_the_papers_metrics():
 
 def test_target_fields_postprocessor():
   post = postprocessors.TargetFields(postprocessors.OptionPostprocessor(["No", "Yes"]))
-  example = {"answer_options": np.array([b"No", b"Yes", b""], object), "answer_type": b"",
-             "condition": b"pleural effusion", "variant_type": b"", "id": b"x/1"}
+  example = {
+      "answer_options": np.array([b"No", b"Yes", b""], object),
+      "answer_type": b"",
+      "condition": b"pleural effusion",
+      "variant_type": b"",
+      "id": b"x/1",
+  }
   assert post(b" yes.", example=example, is_target=False) == "Yes"
   assert post(b"Yes.", example=example, is_target=True) == {
-      "answer": "Yes", "options": ["No", "Yes"], "condition": "pleural effusion", "id": "x/1"}
+      "answer": "Yes",
+      "options": ["No", "Yes"],
+      "condition": "pleural effusion",
+      "id": "x/1",
+  }
   assert post("Yes.", is_target=True) == {"answer": "Yes"}  # train split: no fields
   vqa = postprocessors.TargetFields(postprocessors.normalize_lower)
-  assert vqa("Right Lung.", example={"answer_options": np.array([b""], object),
-                                     "answer_type": b"CLOSED"}, is_target=True) == {
-      "answer": "right lung", "answer_type": "CLOSED"}
+  assert vqa(
+      "Right Lung.",
+      example={"answer_options": np.array([b""], object), "answer_type": b"CLOSED"},
+      is_target=True,
+  ) == {"answer": "right lung", "answer_type": "CLOSED"}
 
 
 def test_eval_splits_carry_target_fields_train_does_not(setup):
@@ -94,16 +118,25 @@ def test_eval_splits_carry_target_fields_train_does_not(setup):
   vqa = _test_examples(env.name("vqa_rad"))
   assert {ex["answer_type"].decode() for ex in vqa} <= {"OPEN", "CLOSED"}
   medqa = _test_examples(env.name("medqa"))  # carrying the fields keeps the source order
-  assert [ex["id"].decode() for ex in medqa] == list(multimedbench._table(
-      multimedbench.task_config(env.name("medqa")), "test").columns["id"])
+  assert [ex["id"].decode() for ex in medqa] == list(
+      multimedbench._table(multimedbench.task_config(env.name("medqa")), "test").columns["id"]
+  )
   assert all(len(ex["answer_options"]) == 4 for ex in medqa)
-  ds = seqio.get_mixture_or_task(env.name("medqa")).get_dataset(LENGTHS, split="train",
-                                                                shuffle=False)
+  ds = seqio.get_mixture_or_task(env.name("medqa")).get_dataset(
+      LENGTHS, split="train", shuffle=False
+  )
   assert not set(postprocessors.TARGET_FIELDS) & set(ds.element_spec)
   # The fields stay out of the model batch (the feature converter drops them).
-  batch = next(seqio.get_dataset(env.name("medqa"), LENGTHS, dataset_split="test", shuffle=False,
-                                 feature_converter=features.feature_converter(),
-                                 batch_size=2).as_numpy_iterator())
+  batch = next(
+      seqio.get_dataset(
+          env.name("medqa"),
+          LENGTHS,
+          dataset_split="test",
+          shuffle=False,
+          feature_converter=features.feature_converter(),
+          batch_size=2,
+      ).as_numpy_iterator()
+  )
   assert set(batch) == set(features.MODEL_FEATURES)
 
 
@@ -111,14 +144,17 @@ def test_plain_score_batch_scores_are_reported_not_computed():
   """A driver that scores only the gold target (one float per example) gets a reason, not a
   crash: class probabilities need every option scored."""
   targets = [{"answer": "Yes", "condition": "edema"}, {"answer": "No", "condition": "edema"}]
-  for fn in (metrics.cxr_score_metrics,
-             lambda t, s: metrics.classification_score_metrics(t, s, classes=("No", "Yes"))):
+  for fn in (
+      metrics.cxr_score_metrics,
+      lambda t, s: metrics.classification_score_metrics(t, s, classes=("No", "Yes")),
+  ):
     out = fn(targets, np.array([-1.0, -2.0]))
     assert math.isnan(out["macro_auc"]) and math.isnan(out["macro_f1"])
     assert "rank classification" in metrics.status_text(out["macro_auc_status"])
 
 
 # ----------------------------------------------------------------------------- rank classification
+
 
 @pytest.mark.parametrize("task", ["mimic_cxr_classification", "pad_ufes_20"])
 def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
@@ -128,8 +164,13 @@ def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
   name = f"{PREFIX}_{task}"
   classes = multimedbench.rank_options(name)
   examples = _test_examples(name)
-  ds = seqio.get_dataset(name, LENGTHS, dataset_split="test", shuffle=False,
-                         feature_converter=model.FEATURE_CONVERTER_CLS(pack=False)).enumerate()
+  ds = seqio.get_dataset(
+      name,
+      LENGTHS,
+      dataset_split="test",
+      shuffle=False,
+      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
+  ).enumerate()
   tokens = evaluation.option_tokens(env.vocabulary, classes)
   ranked = evaluation.make_score_fn(model, params, 8, lambda _: tokens, score_batch=score)(ds)
   plain = evaluation.make_score_fn(model, params, 8, lambda _: None, score_batch=score)(ds)
@@ -143,12 +184,21 @@ def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
 
 # ----------------------------------------------------------------------------- end to end
 
+
 def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
   _, model, params, score = setup
   results_dir = str(tmp_path / "results")
-  results = evaluation.evaluate(model, params, f"{PREFIX}_eval", split="test",
-                                sequence_length=LENGTHS, batch_size=8, output_dir=results_dir,
-                                step=STEP, score_batch=score)
+  results = evaluation.evaluate(
+      model,
+      params,
+      f"{PREFIX}_eval",
+      split="test",
+      sequence_length=LENGTHS,
+      batch_size=8,
+      output_dir=results_dir,
+      step=STEP,
+      score_batch=score,
+  )
   assert set(results) == set(paper_results.TASKS)
   for task, values in results.items():
     suffix = task.removeprefix("multimedbench_")
@@ -167,9 +217,14 @@ def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
       assert any(k.startswith("auc/") for k in written), task
       assert "macro_f1" in written and "macro_f1_generated" in written
   # Figures the demo data makes computable (several classes / conditions in the test split).
-  for task, metric in (("pad_ufes_20", "macro_auc"), ("mimic_cxr_classification", "macro_auc"),
-                       ("vqa_rad", "accuracy_closed"), ("mimic_cxr_report", "cider_d"),
-                       ("medqa", "accuracy"), ("precisionfda", "accuracy")):
+  for task, metric in (
+      ("pad_ufes_20", "macro_auc"),
+      ("mimic_cxr_classification", "macro_auc"),
+      ("vqa_rad", "accuracy_closed"),
+      ("mimic_cxr_report", "cider_d"),
+      ("medqa", "accuracy"),
+      ("precisionfda", "accuracy"),
+  ):
     value = results[f"multimedbench_{task}"][metric]
     assert isinstance(value, float) and not math.isnan(value), (task, metric)
   assert 0.0 <= results["multimedbench_pad_ufes_20"]["macro_auc"] <= 100.0
@@ -177,8 +232,10 @@ def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
 
   output = tmp_path / "docs" / "RESULTS.md"
   chart = tmp_path / "docs" / "RESULTS.png"
-  assert report.main(["--results_dir", results_dir, "--output", str(output),
-                      "--chart", str(chart)]) == 0
+  assert (
+      report.main(["--results_dir", results_dir, "--output", str(output), "--chart", str(chart)])
+      == 0
+  )
   markdown = output.read_text(encoding="utf-8")
   loaded = report.load_results(results_dir)
   assert set(loaded) == set(paper_results.TASKS)

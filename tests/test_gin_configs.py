@@ -1,5 +1,6 @@
 """Every gin file parses and finalizes; the paper-size experiments build their train state
 abstractly (eval_shape: nothing allocated) on the 8 test devices."""
+
 import glob
 import os
 
@@ -8,22 +9,30 @@ import jax
 import numpy as np
 import pytest
 
-from medpalm import main, trainer as trainer_lib
+from medpalm.driver import main, trainer as trainer_lib
 from medpalm.model import MedPalmMModel
 from medpalm.partitioning import Partitioner
 from tests import driver_setup
 
 GIN_DIR = os.path.join(driver_setup.REPO, "gin_configs")
 FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))
-EXPECTED = {f"{d}/{n}.gin" for d, names in {
-    "models": ["medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
-    "runs": ["train", "eval", "infer"],
-    "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
-    "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],
-}.items() for n in names}
-REQUIRED = ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 'toy_images'",
-            "CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/x'",
-            "INFER_OUTPUT_DIR = '/tmp/x'"]
+EXPECTED = {
+    f"{d}/{n}.gin"
+    for d, names in {
+        "models": ["medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
+        "runs": ["train", "eval", "infer"],
+        "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
+        "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],
+    }.items()
+    for n in names
+}
+REQUIRED = [
+    "MODEL_DIR = '/tmp/x'",
+    "MIXTURE_OR_TASK_NAME = 'toy_images'",
+    "CHECKPOINT_PATH = '/tmp/x'",
+    "EVAL_OUTPUT_DIR = '/tmp/x'",
+    "INFER_OUTPUT_DIR = '/tmp/x'",
+]
 
 
 def _parse(files, bindings=()):
@@ -46,12 +55,18 @@ def test_gin_file_parses_and_starts_with_its_command(path):
   gin.clear_config()
 
 
-@pytest.mark.parametrize("size, lr, batch", [("12b", 5e-5, 128), ("84b", 5e-5, 128),
-                                             ("562b", 2.5e-5, 256)])
+@pytest.mark.parametrize(
+    "size, lr, batch", [("12b", 5e-5, 128), ("84b", 5e-5, 128), ("562b", 2.5e-5, 256)]
+)
 def test_paper_experiments_build_their_train_state_abstractly(size, lr, batch):
-  _parse([os.path.join(GIN_DIR, "experiments", f"multimedbench_{size}.gin")],
-         [driver_setup.GIN_HEADER + "VOCABULARY = @seqio.PassThroughVocabulary()\n"
-          "seqio.PassThroughVocabulary.size = 256000", "MODEL_DIR = '/tmp/x'"])
+  _parse(
+      [os.path.join(GIN_DIR, "experiments", f"multimedbench_{size}.gin")],
+      [
+          driver_setup.GIN_HEADER + "VOCABULARY = @seqio.PassThroughVocabulary()\n"
+          "seqio.PassThroughVocabulary.size = 256000",
+          "MODEL_DIR = '/tmp/x'",
+      ],
+  )
   try:
     assert gin.query_parameter("%LEARNING_RATE") == lr
     assert gin.query_parameter("%BATCH_SIZE") == batch
@@ -62,9 +77,14 @@ def test_paper_experiments_build_their_train_state_abstractly(size, lr, batch):
     partitioner = gin.get_configurable(Partitioner)()
     assert model.config.name == size and model.config.decoder.dtype == "bfloat16"
     length = lengths["inputs"] + lengths["targets"]
-    shapes = {"decoder_input_tokens": (batch, length), "decoder_target_tokens": (batch, length),
-              "decoder_causal_attention": (batch, length), "decoder_loss_weights": (batch, length),
-              "images": (batch, 1, 224, 224, 3), "image_mask": (batch, 1)}
+    shapes = {
+        "decoder_input_tokens": (batch, length),
+        "decoder_target_tokens": (batch, length),
+        "decoder_causal_attention": (batch, length),
+        "decoder_loss_weights": (batch, length),
+        "images": (batch, 1, 224, 224, 3),
+        "image_mask": (batch, 1),
+    }
     types = {"images": np.uint8, "image_mask": np.bool_}
     init = trainer_lib.TrainStateInitializer(model, shapes, types, partitioner)
     params = init.global_train_state_shape.params

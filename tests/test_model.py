@@ -1,4 +1,5 @@
 """MedPalmM behaviour: layer stacking modes, dtypes, image placement, attention modes, checks."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medpalm import configs
+from medpalm.models import configs
 from medpalm.models import blocks, multimodal
 from medpalm.models.medpalm_m import MedPalmM
 
@@ -23,18 +24,22 @@ def batch_with_images(config, starts=(3, 7), length=40, num_images=1, seed=0):
   m = config.num_image_tokens
   tokens = rng.integers(2, 500, (len(starts), length)).astype(np.int32)
   for row, start in enumerate(starts):
-    tokens[row, start:start + m * num_images] = config.image_token_id
+    tokens[row, start : start + m * num_images] = config.image_token_id
   size = config.vision.image_size
   images = rng.integers(0, 256, (len(starts), num_images, size, size, 3), dtype=np.uint8)
-  return {"decoder_input_tokens": jnp.asarray(tokens), "images": jnp.asarray(images),
-          "image_mask": jnp.ones((len(starts), num_images), bool)}
+  return {
+      "decoder_input_tokens": jnp.asarray(tokens),
+      "images": jnp.asarray(images),
+      "image_mask": jnp.ones((len(starts), num_images), bool),
+  }
 
 
 @pytest.fixture(scope="module")
 def model():
   config = small()
-  return config, nn.meta.unbox(MedPalmM(config).init(jax.random.key(0),
-                                                     **batch_with_images(config)))
+  return config, nn.meta.unbox(
+      MedPalmM(config).init(jax.random.key(0), **batch_with_images(config))
+  )
 
 
 def test_scan_and_unrolled_layers_give_identical_logits(model):
@@ -42,10 +47,12 @@ def test_scan_and_unrolled_layers_give_identical_logits(model):
   batch = batch_with_images(config)
   unrolled = small(scan_layers=False)
   params = dict(variables["params"])
-  params["decoder"] = dict(params["decoder"],
-                           stack=blocks.unstack_layers(params["decoder"]["stack"], 2))
-  params["vision"] = dict(params["vision"],
-                          encoder=blocks.unstack_layers(params["vision"]["encoder"], 2))
+  params["decoder"] = dict(
+      params["decoder"], stack=blocks.unstack_layers(params["decoder"]["stack"], 2)
+  )
+  params["vision"] = dict(
+      params["vision"], encoder=blocks.unstack_layers(params["vision"]["encoder"], 2)
+  )
   want = MedPalmM(config).apply(variables, **batch)
   got = MedPalmM(unrolled).apply({"params": params}, **batch)
   # Same arithmetic; XLA fuses a loop body and a straight line differently (float32 ulps).
@@ -97,10 +104,14 @@ def test_invalid_images_are_skipped_in_order(model):
   """image_mask [False, True] with placeholders for one image == that image alone."""
   config, variables = model
   one = batch_with_images(config, starts=(4,))
-  two = dict(one, images=jnp.concatenate([jnp.zeros_like(one["images"]), one["images"]], 1),
-             image_mask=jnp.array([[False, True]]))
-  np.testing.assert_allclose(MedPalmM(config).apply(variables, **two),
-                             MedPalmM(config).apply(variables, **one), atol=1e-6)
+  two = dict(
+      one,
+      images=jnp.concatenate([jnp.zeros_like(one["images"]), one["images"]], 1),
+      image_mask=jnp.array([[False, True]]),
+  )
+  np.testing.assert_allclose(
+      MedPalmM(config).apply(variables, **two), MedPalmM(config).apply(variables, **one), atol=1e-6
+  )
 
 
 def test_two_images_fill_their_placeholders_in_order(model):
@@ -109,7 +120,7 @@ def test_two_images_fill_their_placeholders_in_order(model):
   swapped = dict(batch, images=batch["images"][:, ::-1])
   a = MedPalmM(config).apply(variables, **batch)
   b = MedPalmM(config).apply(variables, **swapped)
-  assert np.abs(np.asarray(a - b)[:, 2 + config.num_image_tokens:]).max() > 1e-3
+  assert np.abs(np.asarray(a - b)[:, 2 + config.num_image_tokens :]).max() > 1e-3
 
 
 def test_prefix_bidirectional_attention_only_changes_the_prefix_view(model):
@@ -125,11 +136,9 @@ def test_attention_mask_is_causal_plus_bidirectional_prefix_minus_padding():
   prefix = jnp.array([[1, 1, 0, 0, 0]])
   targets = jnp.array([[5, 6, 7, 8, 0]])
   mask = np.asarray(multimodal.attention_mask(5, prefix, targets))[0, 0].astype(int)
-  np.testing.assert_array_equal(mask, [[1, 1, 0, 0, 0],
-                                       [1, 1, 0, 0, 0],
-                                       [1, 1, 1, 0, 0],
-                                       [1, 1, 1, 1, 0],
-                                       [0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+      mask, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+  )
 
 
 def test_dropout_is_active_only_when_enabled():
@@ -138,21 +147,29 @@ def test_dropout_is_active_only_when_enabled():
   variables = MedPalmM(config).init(jax.random.key(0), **batch)
   a = MedPalmM(config).apply(variables, **batch)
   np.testing.assert_array_equal(a, MedPalmM(config).apply(variables, **batch))
-  b = MedPalmM(config).apply(variables, **batch, enable_dropout=True,
-                             rngs={"dropout": jax.random.key(1)})
+  b = MedPalmM(config).apply(
+      variables, **batch, enable_dropout=True, rngs={"dropout": jax.random.key(1)}
+  )
   assert np.abs(np.asarray(a - b)).max() > 1e-3
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda b: dict(b, images=b["images"].astype(jnp.float32)), "must be uint8"),
-    (lambda b: dict(b, images=b["images"][:, 0]), "rank 5"),
-    (lambda b: dict(b, images=b["images"][:, :, :28]), r"\[B, N, 56, 56, 3\] for config"),
-    (lambda b: dict(b, decoder_input_tokens=b["decoder_input_tokens"].at[0, 3].set(5)),
-     "row 0: 15 image placeholder tokens .* 16 expected"),
-    (lambda b: dict(b, image_mask=jnp.array([[True], [False]])),
-     "row 1: 16 image placeholder tokens .* 0 valid image"),
-    (lambda b: {"decoder_input_tokens": b["decoder_input_tokens"]}, "but no images were given"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda b: dict(b, images=b["images"].astype(jnp.float32)), "must be uint8"),
+        (lambda b: dict(b, images=b["images"][:, 0]), "rank 5"),
+        (lambda b: dict(b, images=b["images"][:, :, :28]), r"\[B, N, 56, 56, 3\] for config"),
+        (
+            lambda b: dict(b, decoder_input_tokens=b["decoder_input_tokens"].at[0, 3].set(5)),
+            "row 0: 15 image placeholder tokens .* 16 expected",
+        ),
+        (
+            lambda b: dict(b, image_mask=jnp.array([[True], [False]])),
+            "row 1: 16 image placeholder tokens .* 0 valid image",
+        ),
+        (lambda b: {"decoder_input_tokens": b["decoder_input_tokens"]}, "but no images were given"),
+    ],
+)
 def test_bad_inputs_are_clear_errors(model, change, message):
   config, variables = model
   with pytest.raises(ValueError, match=message):
@@ -170,6 +187,7 @@ def test_shape_errors_are_caught_under_jit_too(model):
 def test_a_few_training_steps_fit_a_fixed_batch(model):
   """Sanity: gradients flow through decoder, projector and ViT; loss falls on one batch."""
   import optax
+
   config, variables = model
   batch = batch_with_images(config)
   targets = jnp.roll(batch["decoder_input_tokens"], -1, axis=1)
@@ -203,8 +221,9 @@ def _attention_inputs(kv_heads):
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.standard_normal((2, 6, 4, 8)), jnp.float32)
   k, v = (jnp.asarray(rng.standard_normal((2, 6, kv_heads, 8)), jnp.float32) for _ in range(2))
-  mask = multimodal.attention_mask(6, jnp.array([[1, 1, 0, 0, 0, 0]] * 2),
-                                   jnp.array([[3, 4, 5, 6, 0, 0], [3, 4, 5, 6, 7, 8]]))
+  mask = multimodal.attention_mask(
+      6, jnp.array([[1, 1, 0, 0, 0, 0]] * 2), jnp.array([[3, 4, 5, 6, 0, 0], [3, 4, 5, 6, 7, 8]])
+  )
   return q, k, v, mask
 
 
@@ -214,25 +233,29 @@ def test_attention_paths_match_the_reference_path(implementation, kv_heads):
   """`jax.nn.dot_product_attention` and the recomputing path against our einsum definition:
   grouped K/V heads, padding rows, float32 and bfloat16."""
   from medpalm.models import layers
+
   q, k, v, mask = _attention_inputs(kv_heads)
   for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
     fused = layers.dot_product_attention(q, k, v, mask, dtype, implementation)
     reference = layers.dot_product_attention(q, k, v, mask, dtype, "reference")
     assert fused.dtype == dtype
     assert np.all(np.isfinite(np.asarray(fused, np.float32)))
-    np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(reference, np.float32),
-                               atol=tol, rtol=tol)
+    np.testing.assert_allclose(
+        np.asarray(fused, np.float32), np.asarray(reference, np.float32), atol=tol, rtol=tol
+    )
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 def test_recomputing_attention_gradient_matches_autodiff_of_the_reference(kv_heads):
   from medpalm.models import layers
+
   q, k, v, mask = _attention_inputs(kv_heads)
   probe = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
 
   def grads(implementation):
-    objective = lambda q, k, v: jnp.sum(probe * layers.dot_product_attention(
-        q, k, v, mask, jnp.float32, implementation))
+    objective = lambda q, k, v: jnp.sum(
+        probe * layers.dot_product_attention(q, k, v, mask, jnp.float32, implementation)
+    )
     return jax.grad(objective, argnums=(0, 1, 2))(q, k, v)
 
   for name, got, want in zip("qkv", grads("recompute"), grads("reference")):

@@ -1,4 +1,5 @@
 """Every parameter maps to a mesh sharding; sharded init computes what unsharded init computes."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medpalm import configs, partitioning
+from medpalm.models import configs
+from medpalm import partitioning
 from medpalm.models import medpalm_m
 from medpalm.models.medpalm_m import MedPalmM
 
@@ -44,8 +46,11 @@ def test_indivisible_dimension_names_the_parameter():
 def test_mesh_that_does_not_divide_the_devices_is_refused():
   with pytest.raises(ValueError, match="does not divide the 8 devices"):
     partitioning.make_mesh(data=3, fsdp=-1)
-  assert partitioning.make_mesh(data=2, fsdp=-1, model=2).shape == {"data": 2, "fsdp": 2,
-                                                                    "model": 2}
+  assert partitioning.make_mesh(data=2, fsdp=-1, model=2).shape == {
+      "data": 2,
+      "fsdp": 2,
+      "model": 2,
+  }
 
 
 def test_sharded_init_matches_unsharded_and_is_really_split():
@@ -54,8 +59,9 @@ def test_sharded_init_matches_unsharded_and_is_really_split():
   rng = jax.random.key(0)
   variables = partitioning.sharded_init(lambda: medpalm_m.init(config, rng), mesh)
   reference = nn.meta.unbox(medpalm_m.init(config, rng))
-  for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(variables),
-                                  jax.tree.leaves(reference)):
+  for (path, ours), theirs in zip(
+      jax.tree_util.tree_leaves_with_path(variables), jax.tree.leaves(reference)
+  ):
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=str(path))
 
   params = variables["params"]
@@ -66,12 +72,12 @@ def test_sharded_init_matches_unsharded_and_is_really_split():
   assert len({d for s in wi.addressable_shards for d in [s.device]}) == 8
 
   batch = medpalm_m.dummy_inputs(config, batch=8)
-  batch["decoder_input_tokens"] = batch["decoder_input_tokens"].at[:, -7:].set(
-      jnp.arange(1, 8))
+  batch["decoder_input_tokens"] = batch["decoder_input_tokens"].at[:, -7:].set(jnp.arange(1, 8))
   want = MedPalmM(config).apply(reference, **batch)
   with partitioning.using(mesh):
-    batch = {k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim))
-             for k, v in batch.items()}
+    batch = {
+        k: jax.device_put(v, partitioning.data_sharding(mesh, v.ndim)) for k, v in batch.items()
+    }
     got = jax.jit(MedPalmM(config).apply)(variables, **batch)
   assert got.sharding.spec[0] == ("data", "fsdp")
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)

@@ -1,4 +1,5 @@
 """The evaluation report: results files → Markdown beside the paper's table, and a PNG chart."""
+
 import json
 import os
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from medpalm import paper_results
-from medpalm import report
+from medpalm.evaluation import paper_results
+from medpalm.evaluation import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,8 +20,10 @@ def synthetic_results(seed=0):
   rng = np.random.default_rng(seed)
   out = {}
   for task in paper_results.TASKS:
-    metrics = {row.metric: round(float(row.mpm_84b + rng.uniform(-5, 5)), 3)
-               for row in paper_results.results_for(task)}
+    metrics = {
+        row.metric: round(float(row.mpm_84b + rng.uniform(-5, 5)), 3)
+        for row in paper_results.results_for(task)
+    }
     metrics["num_examples"] = float(rng.integers(10, 100))
     out[task] = metrics
   return out
@@ -40,9 +43,11 @@ def test_report_renders_every_task_and_the_paper_values(tmp_path):
   for task, metrics in results.items():
     assert task in markdown
     for row in paper_results.results_for(task):
-      line = next(l for l in markdown.splitlines()
-                  if l.startswith(f"| {task} |") and
-                  f"| {paper_results.METRIC_NAMES[row.metric]} |" in l)
+      line = next(
+          l
+          for l in markdown.splitlines()
+          if l.startswith(f"| {task} |") and f"| {paper_results.METRIC_NAMES[row.metric]} |" in l
+      )
       cells = [c.strip() for c in line.strip("|").split("|")]
       assert cells[3] == f"{metrics[row.metric]:.2f}"
       assert cells[4] == "1000"
@@ -58,6 +63,7 @@ def test_report_renders_every_task_and_the_paper_values(tmp_path):
   data = chart.read_bytes()
   assert data.startswith(PNG_SIGNATURE)
   import matplotlib.image  # pylint: disable=g-import-not-at-top
+
   image = matplotlib.image.imread(str(chart))
   assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 400
   assert image.std() > 0.05  # something was drawn
@@ -67,8 +73,9 @@ def test_missing_and_not_computed_values_are_shown_as_such(tmp_path):
   results = synthetic_results(seed=1)
   del results["multimedbench_slake"]
   results["multimedbench_mimic_iii"]["f1_radgraph"] = float("nan")
-  results["multimedbench_mimic_iii"]["f1_radgraph_status"] = (
-      "not computed: no RadGraph scorer installed")
+  results["multimedbench_mimic_iii"][
+      "f1_radgraph_status"
+  ] = "not computed: no RadGraph scorer installed"
   del results["multimedbench_vqa_rad"]["token_f1"]
   write_all(tmp_path, results, step=5)
   saved = json.loads((tmp_path / "multimedbench_mimic_iii" / "step_5.json").read_text())
@@ -76,8 +83,11 @@ def test_missing_and_not_computed_values_are_shown_as_such(tmp_path):
 
   loaded = report.load_results(str(tmp_path))
   markdown = report.render_markdown(loaded)
-  rows = {tuple(c.strip() for c in l.strip("|").split("|")[:3]): l.strip("|").split("|")[3].strip()
-          for l in markdown.split("## Notes")[0].splitlines() if l.startswith("| multimedbench_")}
+  rows = {
+      tuple(c.strip() for c in l.strip("|").split("|")[:3]): l.strip("|").split("|")[3].strip()
+      for l in markdown.split("## Notes")[0].splitlines()
+      if l.startswith("| multimedbench_")
+  }
   assert rows[("multimedbench_slake", "Slake-VQA", "BLEU-1")] == report.MISSING
   assert rows[("multimedbench_vqa_rad", "VQA-RAD", "F1")] == report.MISSING
   assert rows[("multimedbench_mimic_iii", "MIMIC-III", "F1-RadGraph")] == report.NOT_COMPUTED
@@ -88,8 +98,11 @@ def test_missing_and_not_computed_values_are_shown_as_such(tmp_path):
 
 def test_no_results_at_all_renders_the_paper_table(tmp_path):
   markdown = report.render_markdown(report.load_results(str(tmp_path)))
-  rows = [l for l in markdown.split("## Other metrics")[0].splitlines()
-          if l.startswith("| multimedbench_")]
+  rows = [
+      l
+      for l in markdown.split("## Other metrics")[0].splitlines()
+      if l.startswith("| multimedbench_")
+  ]
   assert len(rows) == len(paper_results.PAPER_RESULTS)
   assert all(f"| {report.MISSING} |" in row for row in rows)
 
@@ -97,9 +110,22 @@ def test_no_results_at_all_renders_the_paper_table(tmp_path):
 def test_command_line(tmp_path):
   write_all(tmp_path / "results", synthetic_results(seed=2), step=3)
   out = subprocess.run(
-      [sys.executable, "-m", "medpalm.report", "--results_dir", str(tmp_path / "results"),
-       "--output", str(tmp_path / "RESULTS.md"), "--chart", str(tmp_path / "c" / "chart.png")],
-      capture_output=True, text=True, check=True, cwd=REPO)
+      [
+          sys.executable,
+          "-m",
+          "medpalm.evaluation.report",
+          "--results_dir",
+          str(tmp_path / "results"),
+          "--output",
+          str(tmp_path / "RESULTS.md"),
+          "--chart",
+          str(tmp_path / "c" / "chart.png"),
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=REPO,
+  )
   assert "14 task(s) with results" in out.stdout
   assert "(c/chart.png)" in (tmp_path / "RESULTS.md").read_text()
   assert (tmp_path / "c" / "chart.png").read_bytes().startswith(PNG_SIGNATURE)
@@ -119,10 +145,13 @@ def test_latest_step_by_default_and_a_chosen_step(tmp_path):
 
 
 def test_reads_seqio_json_logger_files(tmp_path):
-  lines = [{"step": 10, "accuracy": 20.0, "no_option_count": 3.0},
-           {"step": 20, "accuracy": 25.0, "no_option_count": 1.0}]
+  lines = [
+      {"step": 10, "accuracy": 20.0, "no_option_count": 3.0},
+      {"step": 20, "accuracy": 25.0, "no_option_count": 1.0},
+  ]
   (tmp_path / "multimedbench_medmcqa-metrics.jsonl").write_text(
-      "\n".join(json.dumps(l) for l in lines) + "\n")
+      "\n".join(json.dumps(l) for l in lines) + "\n"
+  )
   loaded = report.load_results(str(tmp_path))
   assert loaded["multimedbench_medmcqa"].step == 20
   assert report.our_value(loaded, "multimedbench_medmcqa", "accuracy")[0] == 25.0
@@ -130,7 +159,10 @@ def test_reads_seqio_json_logger_files(tmp_path):
   with open(tmp_path / "multimedbench_medmcqa-metrics.jsonl", "a") as f:
     f.write(json.dumps({"step": 30, "accuracy": float("nan")}) + "\n")
   loaded = report.load_results(str(tmp_path))
-  assert report.our_value(loaded, "multimedbench_medmcqa", "accuracy") == (None, report.NOT_COMPUTED)
+  assert report.our_value(loaded, "multimedbench_medmcqa", "accuracy") == (
+      None,
+      report.NOT_COMPUTED,
+  )
 
 
 def test_write_results_accepts_metric_objects_and_numpy(tmp_path):
@@ -140,12 +172,24 @@ def test_write_results_accepts_metric_objects_and_numpy(tmp_path):
   class Scalar:  # the shape of seqio.metrics.Scalar
     value = np.float32(12.5)
 
-  path = report.write_results(str(tmp_path), "multimedbench_vindr_mammo", 7, {
-      "macro_auc": np.float64("nan"), "macro_auc_status": Text(), "macro_f1": Scalar(),
-      "no_option_count": np.int64(2)})
+  path = report.write_results(
+      str(tmp_path),
+      "multimedbench_vindr_mammo",
+      7,
+      {
+          "macro_auc": np.float64("nan"),
+          "macro_auc_status": Text(),
+          "macro_f1": Scalar(),
+          "no_option_count": np.int64(2),
+      },
+  )
   saved = json.loads(open(path).read())["multimedbench_vindr_mammo"]
-  assert saved == {"macro_auc": None, "macro_auc_status": Text.textdata, "macro_f1": 12.5,
-                   "no_option_count": 2.0}
+  assert saved == {
+      "macro_auc": None,
+      "macro_auc_status": Text.textdata,
+      "macro_f1": 12.5,
+      "no_option_count": 2.0,
+  }
 
 
 def test_bad_results_files_are_errors(tmp_path):
@@ -159,13 +203,24 @@ def test_bad_results_files_are_errors(tmp_path):
 
 def test_paper_table_has_the_metrics_of_each_task():
   expected = {
-      "multimedbench_medqa": ["accuracy"], "multimedbench_medmcqa": ["accuracy"],
+      "multimedbench_medqa": ["accuracy"],
+      "multimedbench_medmcqa": ["accuracy"],
       "multimedbench_pubmedqa": ["accuracy"],
       "multimedbench_mimic_iii": ["rougeL", "bleu", "f1_radgraph"],
-      "multimedbench_vqa_rad": ["bleu1", "token_f1"], "multimedbench_slake": ["bleu1", "token_f1"],
+      "multimedbench_vqa_rad": ["bleu1", "token_f1"],
+      "multimedbench_slake": ["bleu1", "token_f1"],
       "multimedbench_path_vqa": ["bleu1", "token_f1"],
-      "multimedbench_mimic_cxr_report": ["micro_f1_14", "macro_f1_14", "micro_f1_5", "macro_f1_5",
-                                         "f1_radgraph", "bleu1", "bleu4", "rougeL", "cider_d"],
+      "multimedbench_mimic_cxr_report": [
+          "micro_f1_14",
+          "macro_f1_14",
+          "micro_f1_5",
+          "macro_f1_5",
+          "f1_radgraph",
+          "bleu1",
+          "bleu4",
+          "rougeL",
+          "cider_d",
+      ],
       "multimedbench_precisionfda": ["indel_f1", "snp_f1"],
   }
   for task in paper_results.TASKS:
@@ -179,8 +234,11 @@ def test_paper_table_has_the_metrics_of_each_task():
 
 
 def test_report_modules_import_without_tensorflow_or_jax():
-  code = ("import sys, medpalm.report, medpalm.paper_results; "
-          "print(sorted(m for m in ('tensorflow', 'jax', 'seqio') if m in sys.modules))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       cwd=REPO)
+  code = (
+      "import sys, medpalm.evaluation.report, medpalm.evaluation.paper_results; "
+      "print(sorted(m for m in ('tensorflow', 'jax', 'seqio') if m in sys.modules))"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+  )
   assert out.stdout.strip() == "[]"

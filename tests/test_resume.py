@@ -1,18 +1,17 @@
 """Crash safety (SIGKILL mid-run, restart, bitwise-equal result) and multi-host training
 (2 processes x 4 CPU devices) agreeing with one process of 8 devices."""
+
 import os
 import signal
 import socket
 import subprocess
 import time
 
-import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from medpalm import main
 from tests import driver_setup
 from tests.test_driver import read_scalars, run_main
 
@@ -31,8 +30,13 @@ def load_state(step_dir):
 def launch(argv, log_path, devices=8, extra_env=None):
   env = {**driver_setup.subprocess_env(devices), **(extra_env or {})}
   log = open(log_path, "w")
-  return subprocess.Popen([driver_setup.PYTHON, "-m", "medpalm.main", *argv], env=env,
-                          stdout=log, stderr=subprocess.STDOUT, cwd=driver_setup.REPO)
+  return subprocess.Popen(
+      [driver_setup.PYTHON, "-m", "medpalm.main", *argv],
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      cwd=driver_setup.REPO,
+  )
 
 
 def wait(proc, log_path, timeout=300):
@@ -60,8 +64,11 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path):
   half = killed_dir / "checkpoint_900.orbax-checkpoint-tmp-1795000000"
   (half / "state").mkdir(parents=True)
   (half / "state" / "_METADATA").write_text("{trunc")
-  complete = sorted(int(p.name.split("_")[1]) for p in killed_dir.glob("checkpoint_*")
-                    if p.name.split("_")[1].isdigit())
+  complete = sorted(
+      int(p.name.split("_")[1])
+      for p in killed_dir.glob("checkpoint_*")
+      if p.name.split("_")[1].isdigit()
+  )
   assert complete and 4 <= complete[-1] < steps
 
   restart = launch(driver_setup.train_argv(killed_dir, steps), tmp_path / "restart.log")
@@ -99,7 +106,10 @@ def test_two_processes_agree_with_one(tmp_path):
     procs = []
     for i in range(2):
       argv = driver_setup.train_argv(multi_dir, 6, extra + argv_extra) + [
-          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"]
+          f"--coordinator_address=localhost:{port}",
+          "--num_processes=2",
+          f"--process_id={i}",
+      ]
       procs.append(launch(argv, tmp_path / f"{tag}{i}.log", devices=4))
     for i, p in enumerate(procs):
       wait(p, tmp_path / f"{tag}{i}.log")

@@ -1,4 +1,5 @@
 """MedPalmMModel keeps T5X's model contract: names, signatures, losses, initial variables."""
+
 import functools
 import inspect
 
@@ -10,7 +11,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from medpalm import model as model_lib
+from medpalm import losses, optimizers
 from medpalm.model import MedPalmMModel
 from tests.decoding_setup import make_model, prompt_batch, small_config
 
@@ -20,8 +21,14 @@ CONTRACT = {
     "eval_fn": ["params", "batch"],
     "score_batch": ["params", "batch", "return_intermediates"],
     "predict_batch": ["params", "batch", "rng"],
-    "predict_batch_with_aux": ["params", "batch", "rng", "return_all_decodes", "num_decodes",
-                               "decoder_params"],
+    "predict_batch_with_aux": [
+        "params",
+        "batch",
+        "rng",
+        "return_all_decodes",
+        "num_decodes",
+        "decoder_params",
+    ],
     "get_initial_variables": ["rng", "input_shapes", "input_types"],
     "_compute_logits": ["params", "batch", "dropout_rng", "mutable", "other_variables"],
 }
@@ -39,8 +46,10 @@ def test_method_names_and_signatures_follow_t5x():
     params = list(inspect.signature(getattr(MedPalmMModel, name)).parameters)[1:]
     assert params == expected, name
   keyword_only = inspect.signature(MedPalmMModel.predict_batch_with_aux).parameters
-  assert all(keyword_only[p].kind is inspect.Parameter.KEYWORD_ONLY
-             for p in ("return_all_decodes", "num_decodes", "decoder_params"))
+  assert all(
+      keyword_only[p].kind is inspect.Parameter.KEYWORD_ONLY
+      for p in ("return_all_decodes", "num_decodes", "decoder_params")
+  )
   init = list(inspect.signature(MedPalmMModel.__init__).parameters)[1:]
   assert init[:4] == ["module", "vocabulary", "optimizer_def", "decode_fn"]
   for prop in ("input_vocabulary", "output_vocabulary", "decode_fn"):
@@ -52,22 +61,30 @@ def _reference_loss(logits, targets, weights, z_loss):
   logits = np.asarray(logits, np.float64)
   log_z = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
   target_logit = np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
-  per_token = (log_z - target_logit) + z_loss * log_z ** 2
+  per_token = (log_z - target_logit) + z_loss * log_z**2
   return float(np.sum(per_token * np.asarray(weights))), float(
-      np.sum(z_loss * log_z ** 2 * np.asarray(weights)))
+      np.sum(z_loss * log_z**2 * np.asarray(weights))
+  )
 
 
 def test_loss_equals_a_hand_written_cross_entropy(setup):
   config, model, params, batch = setup
   loss, metrics = model.loss_fn(params, batch, None)
   logits = model._compute_logits(params, batch)
-  want, want_z = _reference_loss(logits, batch["decoder_target_tokens"],
-                                 batch["decoder_loss_weights"], 1e-3)
+  want, want_z = _reference_loss(
+      logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], 1e-3
+  )
   assert float(loss) == pytest.approx(want, rel=1e-5)
   assert float(metrics["z_loss"].compute()) == pytest.approx(want_z, rel=1e-4)
   assert float(metrics["cross_ent_loss"].compute()) == pytest.approx(want - want_z, rel=1e-5)
-  assert set(metrics) >= {"loss", "accuracy", "z_loss", "cross_ent_loss",
-                          "loss_per_nonpadding_target_token", "loss_per_all_target_tokens"}
+  assert set(metrics) >= {
+      "loss",
+      "accuracy",
+      "z_loss",
+      "cross_ent_loss",
+      "loss_per_nonpadding_target_token",
+      "loss_per_all_target_tokens",
+  }
   assert 0.0 <= float(metrics["accuracy"].compute()) <= 1.0
 
 
@@ -82,11 +99,12 @@ def test_prompt_tokens_carry_no_loss(setup):
 def _smoothed_cross_entropy(logits, targets, z_loss, label_smoothing):
   """Textbook form, differentiated by JAX: KL(q || softmax) for the smoothed target q, + z-loss."""
   vocab = logits.shape[-1]
-  q = jnp.where(jax.nn.one_hot(targets, vocab) > 0, 1.0 - label_smoothing,
-                label_smoothing / (vocab - 1))
+  q = jnp.where(
+      jax.nn.one_hot(targets, vocab) > 0, 1.0 - label_smoothing, label_smoothing / (vocab - 1)
+  )
   entropy = -jnp.sum(jnp.where(q > 0, q * jnp.log(q), 0.0), -1)
   log_z = jax.nn.logsumexp(logits, -1)
-  z = z_loss * log_z ** 2
+  z = z_loss * log_z**2
   return -jnp.sum(q * jax.nn.log_softmax(logits), -1) - entropy + z, z
 
 
@@ -101,11 +119,11 @@ def test_cross_entropy_value_and_gradient_match_the_textbook_form(z_loss, label_
     loss, z = ce(x, targets, z_loss, label_smoothing)
     return jnp.sum(loss * w_loss) + 3.0 * jnp.sum(z * w_z)  # both outputs carry a gradient
 
-  ours = model_lib.cross_entropy_with_logits(logits, targets, z_loss, label_smoothing)
+  ours = losses.cross_entropy_with_logits(logits, targets, z_loss, label_smoothing)
   want = _smoothed_cross_entropy(logits, targets, z_loss, label_smoothing)
   for got, expected in zip(ours, want):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-  grad = jax.grad(functools.partial(objective, model_lib.cross_entropy_with_logits))(logits)
+  grad = jax.grad(functools.partial(objective, losses.cross_entropy_with_logits))(logits)
   want_grad = jax.grad(functools.partial(objective, _smoothed_cross_entropy))(logits)
   np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(want_grad).max()) > 1e-2  # the comparison is not between zeros
@@ -126,13 +144,15 @@ def test_score_batch_is_minus_the_summed_target_cross_entropy():
 def test_loss_normalizing_factors(setup):
   config, _, params, batch = setup
   total = float(make_model(config, z_loss=0.0)[0].loss_fn(params, batch, None)[0])
-  per_token, _ = make_model(config, z_loss=0.0,
-                            loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")[0].loss_fn(
-                                params, batch, None)
-  assert float(per_token) == pytest.approx(total / float(jnp.sum(batch["decoder_loss_weights"])),
-                                           rel=1e-6)
+  per_token, _ = make_model(config, z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")[
+      0
+  ].loss_fn(params, batch, None)
+  assert float(per_token) == pytest.approx(
+      total / float(jnp.sum(batch["decoder_loss_weights"])), rel=1e-6
+  )
   constant, _ = make_model(config, z_loss=0.0, loss_normalizing_factor=4.0)[0].loss_fn(
-      params, batch, None)
+      params, batch, None
+  )
   assert float(constant) == pytest.approx(total / 4.0, rel=1e-6)
   with pytest.raises(ValueError, match="loss_normalizing_factor"):
     make_model(config, loss_normalizing_factor="PER_BANANA")
@@ -150,12 +170,16 @@ def test_dropout_rng_turns_dropout_on():
 def test_initial_variables_have_axes_for_every_parameter():
   config = small_config()
   model, _ = make_model(config)
-  shapes = {"decoder_input_tokens": (4, 24), "decoder_target_tokens": (4, 24),
-            "decoder_causal_attention": (4, 24), "decoder_loss_weights": (4, 24),
-            "images": (4, 1, 28, 28, 3), "image_mask": (4, 1)}
+  shapes = {
+      "decoder_input_tokens": (4, 24),
+      "decoder_target_tokens": (4, 24),
+      "decoder_causal_attention": (4, 24),
+      "decoder_loss_weights": (4, 24),
+      "images": (4, 1, 28, 28, 3),
+      "image_mask": (4, 1),
+  }
   types = {"decoder_loss_weights": jnp.float32, "images": jnp.uint8, "image_mask": jnp.bool_}
-  variables = jax.eval_shape(
-      lambda: model.get_initial_variables(jax.random.key(0), shapes, types))
+  variables = jax.eval_shape(lambda: model.get_initial_variables(jax.random.key(0), shapes, types))
   params = jax.tree_util.tree_leaves_with_path(variables["params"])
   assert {"vision", "projector", "decoder"} <= set(variables["params"])
   for path, leaf in params:
@@ -169,28 +193,39 @@ def test_initial_variables_have_axes_for_every_parameter():
 
 def test_optimizer_state_axes_follow_parameters(setup):
   config, model, params, batch = setup
-  opt = model_lib.adafactor(1e-3)
+  opt = optimizers.adafactor(1e-3)
   state = opt.init_state(params)
-  boxed = jax.eval_shape(lambda: model.module.init(jax.random.key(0),
-                                                   batch["decoder_input_tokens"],
-                                                   images=batch["images"],
-                                                   image_mask=batch["image_mask"]))
+  boxed = jax.eval_shape(
+      lambda: model.module.init(
+          jax.random.key(0),
+          batch["decoder_input_tokens"],
+          images=batch["images"],
+          image_mask=batch["image_mask"],
+      )
+  )
   axes = opt.derive_logical_axes(state, nn.get_partition_spec(boxed)["params"])
-  flat = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(
-      axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))}
+  flat = {
+      jax.tree_util.keystr(p): a
+      for p, a in jax.tree_util.tree_leaves_with_path(
+          axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+      )
+  }
   states = dict((jax.tree_util.keystr(p), s) for p, s in jax.tree_util.tree_leaves_with_path(state))
   assert set(flat) == set(states)
   for key, spec in flat.items():
     assert len(spec) == np.ndim(states[key]), key
   momentum = [k for k in flat if "wi_0" in k and np.ndim(states[k]) == 3]
-  assert momentum and all(flat[k] == jax.sharding.PartitionSpec("layers", "embed", "mlp")
-                          for k in momentum)
+  assert momentum and all(
+      flat[k] == jax.sharding.PartitionSpec("layers", "embed", "mlp") for k in momentum
+  )
   # Factored second moments (dims >= 128) keep the axes of the dims they keep.
   P = jax.sharding.PartitionSpec
   big = {"wi": jnp.zeros((2, 256, 512))}
   big_axes = opt.derive_logical_axes(opt.init_state(big), {"wi": P("layers", "embed", "mlp")})
-  specs = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(
-      big_axes, is_leaf=lambda x: isinstance(x, P))}
+  specs = {
+      jax.tree_util.keystr(p): a
+      for p, a in jax.tree_util.tree_leaves_with_path(big_axes, is_leaf=lambda x: isinstance(x, P))
+  }
   assert specs["[0].v_row['wi']"] == P("layers", "embed")
   assert specs["[0].v_col['wi']"] == P("layers", "mlp")
   new_params, _ = opt.apply_gradient(None, params, state, jax.tree.map(jnp.ones_like, params))
@@ -201,14 +236,25 @@ def test_feature_converter_keeps_images_and_refuses_packing():
   with pytest.raises(ValueError, match="cannot be packed"):
     MedPalmMModel.FEATURE_CONVERTER_CLS(pack=True)
   converter = MedPalmMModel.FEATURE_CONVERTER_CLS(pack=False)
-  ds = tf.data.Dataset.from_tensors({
-      "inputs": tf.constant([5, 6, 7], tf.int32), "targets": tf.constant([8, 9, 1], tf.int32),
-      "images": tf.zeros((1, 28, 28, 3), tf.uint8), "image_mask": tf.constant([True])})
+  ds = tf.data.Dataset.from_tensors(
+      {
+          "inputs": tf.constant([5, 6, 7], tf.int32),
+          "targets": tf.constant([8, 9, 1], tf.int32),
+          "images": tf.zeros((1, 28, 28, 3), tf.uint8),
+          "image_mask": tf.constant([True]),
+      }
+  )
   # SeqIO wants a length for every feature; for images it is the number of images.
   lengths = {"inputs": 6, "targets": 4, "images": 1, "image_mask": 1}
   out = next(iter(converter(ds, lengths).as_numpy_iterator()))
-  assert set(out) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                      "decoder_causal_attention", "images", "image_mask"}
+  assert set(out) == {
+      "decoder_input_tokens",
+      "decoder_target_tokens",
+      "decoder_loss_weights",
+      "decoder_causal_attention",
+      "images",
+      "image_mask",
+  }
   np.testing.assert_array_equal(out["decoder_target_tokens"], [5, 6, 7, 8, 9, 1, 0, 0, 0, 0])
   np.testing.assert_array_equal(out["decoder_input_tokens"], [0, 5, 6, 7, 8, 9, 1, 0, 0, 0])
   np.testing.assert_array_equal(out["decoder_causal_attention"], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

@@ -1,4 +1,5 @@
 """`python -m tasks.prepare`: shards, progress, restart without redoing finished shards, bad images."""
+
 import json
 import os
 
@@ -12,79 +13,108 @@ from tests.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
 @pytest.fixture()
 def vqa_rad(tmp_path):
-    demo_data.write(tmp_path / "data", "vqa_rad", num_examples=6, seed=1)
-    return tmp_path / "data", tmp_path / "prepared"
+  demo_data.write(tmp_path / "data", "vqa_rad", num_examples=6, seed=1)
+  return tmp_path / "data", tmp_path / "prepared"
 
 
 def _counting_load(monkeypatch):
-    calls = []
-    real = prepare._load
+  calls = []
+  real = prepare._load
 
-    def load(item):
-        calls.append(item[0])
-        return real(item)
+  def load(item):
+    calls.append(item[0])
+    return real(item)
 
-    monkeypatch.setattr(prepare, "_load", load)
-    return calls
+  monkeypatch.setattr(prepare, "_load", load)
+  return calls
 
 
 def test_prepare_writes_shards_and_is_restartable(vqa_rad, monkeypatch, capsys):
-    data, out = vqa_rad
-    calls = _counting_load(monkeypatch)
-    result = prepare.prepare(["vqa_rad"], data_dir=str(data), prepared_dir=str(out),
-                             image_size=IMAGE_SIZE, shard_size=2)
-    assert "vqa_rad/train" in capsys.readouterr().err  # the progress bar
-    train = out / "vqa_rad" / f"{IMAGE_SIZE}px" / "train"
-    manifest = result["vqa_rad"]["train"]
-    keys = json.loads((train / "keys.json").read_text())
-    assert manifest["num_images"] == len(keys) and len(calls) == sum(
-        m["num_images"] for m in result["vqa_rad"].values())
-    assert len(manifest["shards"]) == -(-len(keys) // 2) >= 2
-    assert sum(1 for _ in open(train / "records-vqa_rad.jsonl")) == manifest["records"]["vqa_rad"]
+  data, out = vqa_rad
+  calls = _counting_load(monkeypatch)
+  result = prepare.prepare(
+      ["vqa_rad"], data_dir=str(data), prepared_dir=str(out), image_size=IMAGE_SIZE, shard_size=2
+  )
+  assert "vqa_rad/train" in capsys.readouterr().err  # the progress bar
+  train = out / "vqa_rad" / f"{IMAGE_SIZE}px" / "train"
+  manifest = result["vqa_rad"]["train"]
+  keys = json.loads((train / "keys.json").read_text())
+  assert manifest["num_images"] == len(keys) and len(calls) == sum(
+      m["num_images"] for m in result["vqa_rad"].values()
+  )
+  assert len(manifest["shards"]) == -(-len(keys) // 2) >= 2
+  assert sum(1 for _ in open(train / "records-vqa_rad.jsonl")) == manifest["records"]["vqa_rad"]
 
-    # An interrupted run: the manifest and the last shard are missing, a partial .tmp remains.
-    stamps = {n: os.stat(train / n).st_mtime_ns for n in manifest["shards"]}
-    last = manifest["shards"][-1]
-    (train / "manifest.json").unlink()
-    (train / last).rename(train / (last + ".tmp"))
-    calls.clear()
-    again = prepare.prepare(["vqa_rad"], data_dir=str(data), prepared_dir=str(out),
-                            image_size=IMAGE_SIZE, shard_size=2, progress_bar=False)
-    assert calls == keys[(len(manifest["shards"]) - 1) * 2:]  # only the missing shard's images
-    assert again["vqa_rad"]["train"] == manifest
-    for name in manifest["shards"][:-1]:
-        assert os.stat(train / name).st_mtime_ns == stamps[name]
-    assert not (train / (last + ".tmp")).exists()
+  # An interrupted run: the manifest and the last shard are missing, a partial .tmp remains.
+  stamps = {n: os.stat(train / n).st_mtime_ns for n in manifest["shards"]}
+  last = manifest["shards"][-1]
+  (train / "manifest.json").unlink()
+  (train / last).rename(train / (last + ".tmp"))
+  calls.clear()
+  again = prepare.prepare(
+      ["vqa_rad"],
+      data_dir=str(data),
+      prepared_dir=str(out),
+      image_size=IMAGE_SIZE,
+      shard_size=2,
+      progress_bar=False,
+  )
+  assert calls == keys[(len(manifest["shards"]) - 1) * 2 :]  # only the missing shard's images
+  assert again["vqa_rad"]["train"] == manifest
+  for name in manifest["shards"][:-1]:
+    assert os.stat(train / name).st_mtime_ns == stamps[name]
+  assert not (train / (last + ".tmp")).exists()
 
 
 def test_bad_image_raises_or_is_skipped_with_its_records(vqa_rad, tmp_path_factory):
-    data, out = vqa_rad
-    image = sorted((data / "vqa_rad" / "images").iterdir())[0]
-    image.write_bytes(image.read_bytes()[:40])  # truncated
-    with pytest.raises(ValueError, match=image.name):
-        prepare.prepare(["vqa_rad"], data_dir=str(data), prepared_dir=str(out),
-                        image_size=IMAGE_SIZE, progress_bar=False)
-    result = prepare.prepare(["vqa_rad"], data_dir=str(data), prepared_dir=str(out),
-                             image_size=IMAGE_SIZE, on_error="skip", progress_bar=False)
-    for split, manifest in result["vqa_rad"].items():
-        records = [json.loads(line) for line in
-                   open(out / "vqa_rad" / f"{IMAGE_SIZE}px" / split / "records-vqa_rad.jsonl")]
-        assert all(r["image_key"] != str(image) for r in records)
-        assert len(records) == manifest["records"]["vqa_rad"]
-    assert sum(m["failed_images"] for m in result["vqa_rad"].values()) >= 1
+  data, out = vqa_rad
+  image = sorted((data / "vqa_rad" / "images").iterdir())[0]
+  image.write_bytes(image.read_bytes()[:40])  # truncated
+  with pytest.raises(ValueError, match=image.name):
+    prepare.prepare(
+        ["vqa_rad"],
+        data_dir=str(data),
+        prepared_dir=str(out),
+        image_size=IMAGE_SIZE,
+        progress_bar=False,
+    )
+  result = prepare.prepare(
+      ["vqa_rad"],
+      data_dir=str(data),
+      prepared_dir=str(out),
+      image_size=IMAGE_SIZE,
+      on_error="skip",
+      progress_bar=False,
+  )
+  for split, manifest in result["vqa_rad"].items():
+    records = [
+        json.loads(line)
+        for line in open(out / "vqa_rad" / f"{IMAGE_SIZE}px" / split / "records-vqa_rad.jsonl")
+    ]
+    assert all(r["image_key"] != str(image) for r in records)
+    assert len(records) == manifest["records"]["vqa_rad"]
+  assert sum(m["failed_images"] for m in result["vqa_rad"].values()) >= 1
 
-    # The task reads what was prepared: every kept record, each with its image.
-    env = env_lib.tasks_env(tmp_path_factory)
-    cfg = multimedbench.TaskConfig(task="vqa_rad", name="mmbtest_skip_vqa_rad",
-                                   image_size=IMAGE_SIZE, num_image_tokens=NUM_IMAGE_TOKENS,
-                                   data_dir=str(data), prepared_dir=str(out))
-    multimedbench.register(cfg, env.vocabulary)
-    examples = list(seqio.get_mixture_or_task(cfg.name).get_dataset(
-        LONG, split="test", shuffle=False).as_numpy_iterator())
-    assert len(examples) == result["vqa_rad"]["test"]["records"]["vqa_rad"]
-    assert all(ex["image_mask"].all() and ex["images"].max() > 0 for ex in examples)
+  # The task reads what was prepared: every kept record, each with its image.
+  env = env_lib.tasks_env(tmp_path_factory)
+  cfg = multimedbench.TaskConfig(
+      task="vqa_rad",
+      name="mmbtest_skip_vqa_rad",
+      image_size=IMAGE_SIZE,
+      num_image_tokens=NUM_IMAGE_TOKENS,
+      data_dir=str(data),
+      prepared_dir=str(out),
+  )
+  multimedbench.register(cfg, env.vocabulary)
+  examples = list(
+      seqio.get_mixture_or_task(cfg.name)
+      .get_dataset(LONG, split="test", shuffle=False)
+      .as_numpy_iterator()
+  )
+  assert len(examples) == result["vqa_rad"]["test"]["records"]["vqa_rad"]
+  assert all(ex["image_mask"].all() and ex["images"].max() > 0 for ex in examples)
 
 
 def test_only_image_datasets_are_prepared(tmp_path):
-    with pytest.raises(ValueError, match="medqa"):
-        prepare.prepare(["medqa"], data_dir=str(tmp_path), prepared_dir=str(tmp_path / "p"))
+  with pytest.raises(ValueError, match="medqa"):
+    prepare.prepare(["medqa"], data_dir=str(tmp_path), prepared_dir=str(tmp_path / "p"))

@@ -5,6 +5,7 @@ QK norm, no biases), ViT-e / SigLIP (sequential pre-LN, biases, GELU) and Gemma 
 RMSNorm 1+w, GeGLU); `Stack` repeats it with `nn.scan` (one compiled layer body, parameters with
 a leading `layers` axis) or unrolled for debugging.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,14 +16,21 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from medpalm.configs import TransformerConfig
-from medpalm.models.layers import (Array, DenseGeneral, Norm, constrain, dot_product_attention,
-                                   rotary_embedding)
+from medpalm.models.configs import TransformerConfig
+from medpalm.models.layers import (
+    Array,
+    DenseGeneral,
+    Norm,
+    constrain,
+    dot_product_attention,
+    rotary_embedding,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Axes:
   """Logical axis names of one tower (the vision tower has its own, so rules can differ)."""
+
   embed: str
   heads: str
   kv_heads: str
@@ -33,8 +41,9 @@ class Axes:
 
 
 DECODER_AXES = Axes("embed", "heads", "kv_heads", "kv", "mlp", "layers", "length")
-VIT_AXES = Axes("vit_embed", "vit_heads", "vit_heads", "vit_kv", "vit_mlp", "vit_layers",
-                "vit_length")
+VIT_AXES = Axes(
+    "vit_embed", "vit_heads", "vit_heads", "vit_kv", "vit_mlp", "vit_layers", "vit_length"
+)
 
 _ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -67,6 +76,7 @@ class Attention(nn.Module):
   (one new token per row at `positions`, written into the cache, attending to the cache up to
   and including that position).
   """
+
   config: TransformerConfig
   axes: Axes
   rope_base: float | None = None
@@ -99,41 +109,49 @@ class Attention(nn.Module):
     """x: float[B, T, D]; positions: int32[B, T] (for RoPE and the cache); mask: bool[B, 1, T, T]
     (ignored when extending: the cache defines what is visible)."""
     c, a = self.config, self.axes
-    dense = functools.partial(DenseGeneral, use_bias=c.use_bias, dtype=_dtype(c.dtype),
-                              param_dtype=_dtype(c.param_dtype))
+    dense = functools.partial(
+        DenseGeneral, use_bias=c.use_bias, dtype=_dtype(c.dtype), param_dtype=_dtype(c.param_dtype)
+    )
     q = dense((c.d_model,), (c.num_heads, c.head_dim), (a.embed, a.heads, a.kv), name="query")(x)
     kv_shape, kv_axes = (c.num_kv_heads, c.head_dim), (a.embed, a.kv_heads, a.kv)
     k = dense((c.d_model,), kv_shape, kv_axes, name="key")(x)
     v = dense((c.d_model,), kv_shape, kv_axes, name="value")(x)
     if c.qk_norm:
-      qk_norm = functools.partial(Norm, kind=c.norm, epsilon=c.norm_epsilon,
-                                  use_bias=c.use_bias, axis_name=a.kv, dtype=_dtype(c.dtype),
-                                  param_dtype=_dtype(c.param_dtype))
+      qk_norm = functools.partial(
+          Norm,
+          kind=c.norm,
+          epsilon=c.norm_epsilon,
+          use_bias=c.use_bias,
+          axis_name=a.kv,
+          dtype=_dtype(c.dtype),
+          param_dtype=_dtype(c.param_dtype),
+      )
       q, k = qk_norm(name="query_norm")(q), qk_norm(name="key_norm")(k)
     if self.rope_base is not None:
       q = rotary_embedding(q, positions, self.rope_base)
       k = rotary_embedding(k, positions, self.rope_base)
-    q = constrain(q * c.head_dim ** -0.5, ("batch", "length", a.heads, a.kv))
+    q = constrain(q * c.head_dim**-0.5, ("batch", "length", a.heads, a.kv))
     if self.mode != "full":
       k, v, cache_mask = self._cache(k, v, positions)
       mask = mask if cache_mask is None else cache_mask
     out = dot_product_attention(q, k, v, mask, _dtype(c.dtype), c.attention)
     out = constrain(out, ("batch", "length", a.heads, a.kv))
-    out = dense((c.num_heads, c.head_dim), (c.d_model,), (a.heads, a.kv, a.embed),
-                name="out")(out)
+    out = dense((c.num_heads, c.head_dim), (c.d_model,), (a.heads, a.kv, a.embed), name="out")(out)
     return checkpoint_name(out, "attention_out")
 
 
 class Mlp(nn.Module):
   """Gated (SwiGLU / GeGLU: `wo(act(wi_0 x) * wi_1 x)`) or plain (`wo(act(wi x))`) MLP."""
+
   config: TransformerConfig
   axes: Axes
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c, a = self.config, self.axes
-    dense = functools.partial(DenseGeneral, use_bias=c.use_bias, dtype=_dtype(c.dtype),
-                              param_dtype=_dtype(c.param_dtype))
+    dense = functools.partial(
+        DenseGeneral, use_bias=c.use_bias, dtype=_dtype(c.dtype), param_dtype=_dtype(c.param_dtype)
+    )
     act = _ACTIVATIONS[c.mlp_activation]
     up = (c.d_model,), (c.d_ff,), (a.embed, a.mlp)
     if c.gated_mlp:
@@ -146,6 +164,7 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """One transformer layer; `(x, positions, mask) -> (x, None)` so that `nn.scan` can carry x."""
+
   config: TransformerConfig
   axes: Axes
   rope_base: float | None = None
@@ -156,11 +175,19 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, positions: Array | None, mask: Array | None):
     c, a = self.config, self.axes
-    norm = functools.partial(Norm, kind=c.norm, epsilon=c.norm_epsilon, use_bias=c.use_bias,
-                             scale_plus_one=c.norm_scale_plus_one, axis_name=a.embed,
-                             dtype=_dtype(c.dtype), param_dtype=_dtype(c.param_dtype))
-    dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,),
-                         deterministic=not self.enable_dropout)
+    norm = functools.partial(
+        Norm,
+        kind=c.norm,
+        epsilon=c.norm_epsilon,
+        use_bias=c.use_bias,
+        scale_plus_one=c.norm_scale_plus_one,
+        axis_name=a.embed,
+        dtype=_dtype(c.dtype),
+        param_dtype=_dtype(c.param_dtype),
+    )
+    dropout = nn.Dropout(
+        c.dropout_rate, broadcast_dims=(-2,), deterministic=not self.enable_dropout
+    )
     attention = Attention(c, a, self.rope_base, self.mode, self.cache_length, name="attention")
     mlp = Mlp(c, a, name="mlp")
     if c.parallel_block:
@@ -174,30 +201,47 @@ class Block(nn.Module):
 
 class Stack(nn.Module):
   """`num_layers` Blocks: scanned (params get a leading layers axis) or unrolled (`layers_<i>`)."""
+
   config: TransformerConfig
   axes: Axes
   rope_base: float | None = None
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array | None, mask: Array | None,
-               enable_dropout: bool = False, mode: str = "full",
-               cache_length: int | None = None) -> Array:
+  def __call__(
+      self,
+      x: Array,
+      positions: Array | None,
+      mask: Array | None,
+      enable_dropout: bool = False,
+      mode: str = "full",
+      cache_length: int | None = None,
+  ) -> Array:
     """`mode` / `cache_length`: see `Attention` (the cache gets a leading layers axis when
     scanned)."""
     c = self.config
     block = Block
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=_REMAT[c.remat_policy], prevent_cse=not c.scan_layers)
-    kwargs = dict(config=c, axes=self.axes, rope_base=self.rope_base,
-                  enable_dropout=enable_dropout, mode=mode, cache_length=cache_length)
+    kwargs = dict(
+        config=c,
+        axes=self.axes,
+        rope_base=self.rope_base,
+        enable_dropout=enable_dropout,
+        mode=mode,
+        cache_length=cache_length,
+    )
     if not c.scan_layers:
       for i in range(c.num_layers):
         x, _ = block(**kwargs, name=f"layers_{i}")(x, positions, mask)
       return x
-    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True,
-                                                                      "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
-                      metadata_params={nn.PARTITION_NAME: self.axes.layers})
+    scanned = nn.scan(
+        block,
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: self.axes.layers},
+    )
     x, _ = scanned(**kwargs, name="layers")(x, positions, mask)
     return x
 

@@ -7,6 +7,7 @@ Modules here map arrays to arrays and never see a mesh: each parameter is create
 Kernels keep the head structure explicit (`[embed, heads, head_dim]`) so that tensor parallelism
 splits heads, and so that imported checkpoints map onto them with a reshape.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,11 +31,18 @@ def constrain(x: Array, names: AxisNames) -> Array:
 def fan_in_init(in_axes: Sequence[int] = (0,)) -> Initializer:
   """Truncated-normal fan-in variance scaling, fan-in read from `in_axes` (PaLM's init)."""
   return nn.initializers.variance_scaling(
-      1.0, "fan_in", "truncated_normal", in_axis=tuple(in_axes), out_axis=-1)
+      1.0, "fan_in", "truncated_normal", in_axis=tuple(in_axes), out_axis=-1
+  )
 
 
-def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
-          names: AxisNames, dtype: DType) -> Array:
+def param(
+    module: nn.Module,
+    name: str,
+    init: Initializer,
+    shape: Sequence[int],
+    names: AxisNames,
+    dtype: DType,
+) -> Array:
   """Creates a parameter carrying logical axis names; one name per dimension."""
   if len(names) != len(shape):
     raise ValueError(f"{module.name}/{name}: {len(shape)} dims but axis names {names}")
@@ -54,6 +62,7 @@ class DenseGeneral(nn.Module):
     in_shape / out_shape: kernel is `[*in_shape, *out_shape]`.
     kernel_axes: logical names of the kernel's dims (in, then out).
   """
+
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
   kernel_axes: AxisNames
@@ -66,19 +75,28 @@ class DenseGeneral(nn.Module):
   def __call__(self, x: Array) -> Array:
     n_in = len(self.in_shape)
     init = self.kernel_init or fan_in_init(tuple(range(n_in)))
-    kernel = param(self, "kernel", init, (*self.in_shape, *self.out_shape), self.kernel_axes,
-                   self.param_dtype)
+    kernel = param(
+        self, "kernel", init, (*self.in_shape, *self.out_shape), self.kernel_axes, self.param_dtype
+    )
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if x.shape[x.ndim - n_in:] != tuple(self.in_shape):
-      raise ValueError(f"{self.name}: input trailing dims {x.shape[x.ndim - n_in:]} do not "
-                       f"match the kernel's in_shape {tuple(self.in_shape)}")
-    batch = x.shape[:x.ndim - n_in]
+    if x.shape[x.ndim - n_in :] != tuple(self.in_shape):
+      raise ValueError(
+          f"{self.name}: input trailing dims {x.shape[x.ndim - n_in:]} do not "
+          f"match the kernel's in_shape {tuple(self.in_shape)}"
+      )
+    batch = x.shape[: x.ndim - n_in]
     fan_in, fan_out = math.prod(self.in_shape), math.prod(self.out_shape)
     y = x.reshape(-1, fan_in) @ kernel.reshape(fan_in, fan_out)
     y = y.reshape(*batch, *self.out_shape)
     if self.use_bias:
-      bias = param(self, "bias", nn.initializers.zeros, self.out_shape,
-                   self.kernel_axes[n_in:], self.param_dtype)
+      bias = param(
+          self,
+          "bias",
+          nn.initializers.zeros,
+          self.out_shape,
+          self.kernel_axes[n_in:],
+          self.param_dtype,
+      )
       y = y + bias.astype(self.dtype)
     return y
 
@@ -92,6 +110,7 @@ class Norm(nn.Module):
     scale_plus_one: the scale is stored as `w` and applied as `1 + w` (Gemma's convention).
     axis_name: logical name of the normed dim.
   """
+
   kind: str = "layernorm"
   epsilon: float = 1e-6
   use_scale: bool = True
@@ -116,8 +135,7 @@ class Norm(nn.Module):
       scale = scale.astype(jnp.float32)
       y = y * (1.0 + scale if self.scale_plus_one else scale)
     if self.use_bias:
-      bias = param(self, "bias", nn.initializers.zeros, (dim,), (self.axis_name,),
-                   self.param_dtype)
+      bias = param(self, "bias", nn.initializers.zeros, (dim,), (self.axis_name,), self.param_dtype)
       y = y + bias.astype(jnp.float32)
     return y.astype(self.dtype)
 
@@ -139,8 +157,9 @@ def rotary_embedding(x: Array, positions: Array, base: float) -> Array:
   return out.astype(x.dtype)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dtype: DType,
-                          implementation: str = "jax") -> Array:
+def dot_product_attention(
+    q: Array, k: Array, v: Array, mask: Array | None, dtype: DType, implementation: str = "jax"
+) -> Array:
   """Softmax attention with grouped (multi-query) keys and values.
 
   implementation: "jax" goes through `jax.nn.dot_product_attention` (fused kernels on GPU/TPU,
@@ -156,13 +175,15 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dtyp
     [B, T, H, K].
   """
   if implementation == "jax":
-    return jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
-                                        mask=mask, scale=1.0).astype(dtype)
+    return jax.nn.dot_product_attention(
+        q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=1.0
+    ).astype(dtype)
   if implementation == "recompute":
     return recompute_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
   if implementation != "reference":
-    raise ValueError(f"attention implementation {implementation!r}: 'jax', 'recompute' or "
-                     "'reference'")
+    raise ValueError(
+        f"attention implementation {implementation!r}: 'jax', 'recompute' or " "'reference'"
+    )
   b, t, h, d = q.shape
   g = k.shape[2]
   q = q.reshape(b, t, g, h // g, d)

@@ -3,13 +3,15 @@
 Inputs follow the SeqIO / T5X feature names: `decoder_input_tokens`, `decoder_target_tokens`,
 `decoder_causal_attention`, plus `images: uint8[B, N, 224, 224, 3]` and `image_mask: bool[B, N]`.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from medpalm.configs import MedPalmMConfig
+from medpalm.models.configs import MedPalmMConfig
 from medpalm.models import multimodal
 from medpalm.models.layers import Array, DenseGeneral, constrain
 from medpalm.models.palm import PalmDecoder
@@ -22,14 +24,19 @@ class MedPalmM(nn.Module):
   def setup(self):
     c = self.config
     self.vision = VisionTransformer(c.vision)
-    self.projector = DenseGeneral((c.vision.d_model,), (c.decoder.d_model,),
-                                  ("vit_embed", "embed"), use_bias=True,
-                                  dtype=jnp.dtype(c.decoder.dtype),
-                                  param_dtype=jnp.dtype(c.decoder.param_dtype))
+    self.projector = DenseGeneral(
+        (c.vision.d_model,),
+        (c.decoder.d_model,),
+        ("vit_embed", "embed"),
+        use_bias=True,
+        dtype=jnp.dtype(c.decoder.dtype),
+        param_dtype=jnp.dtype(c.decoder.param_dtype),
+    )
     self.decoder = PalmDecoder(c.decoder)
 
-  def embed_images(self, images: Array, image_mask: Array | None = None, *,
-                   enable_dropout: bool = False) -> Array:
+  def embed_images(
+      self, images: Array, image_mask: Array | None = None, *, enable_dropout: bool = False
+  ) -> Array:
     """uint8[B, N, H, W, 3], bool[B, N] -> float[B, N·M, D] projected image rows (M per image).
 
     Valid images come first, in order, so the k-th placeholder row of a row gets the k-th row of
@@ -51,12 +58,21 @@ class MedPalmM(nn.Module):
     """int32[B, T] -> float[B, T, D] text embeddings (placeholder rows still hold their id's)."""
     return self.decoder.embed(tokens)
 
-  def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
-               decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
-               decoder_causal_attention: Array | None = None, images: Array | None = None,
-               image_mask: Array | None = None, *, enable_dropout: bool = False,
-               decode: bool = False, prefill: bool = False,
-               max_decode_length: int | None = None) -> Array:
+  def __call__(
+      self,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Array | None = None,
+      decoder_segment_ids: Array | None = None,
+      decoder_positions: Array | None = None,
+      decoder_causal_attention: Array | None = None,
+      images: Array | None = None,
+      image_mask: Array | None = None,
+      *,
+      enable_dropout: bool = False,
+      decode: bool = False,
+      prefill: bool = False,
+      max_decode_length: int | None = None,
+  ) -> Array:
     """Logits float32[B, T, vocab] of the multimodal sentence (T5X's decoder-only signature).
 
     `decoder_causal_attention` (int[B, T], 1 on the prefix) makes the prefix bidirectional
@@ -70,12 +86,16 @@ class MedPalmM(nn.Module):
     c = self.config
     tokens = decoder_input_tokens
     if decoder_segment_ids is not None:
-      raise ValueError("packed examples (decoder_segment_ids) are not supported: images cannot "
-                       "be packed; use a feature converter with pack=False")
+      raise ValueError(
+          "packed examples (decoder_segment_ids) are not supported: images cannot "
+          "be packed; use a feature converter with pack=False"
+      )
     if decode:
       if images is not None or decoder_positions is None or tokens.shape[1] != 1:
-        raise ValueError("decode=True takes one token per row, decoder_positions int32[B, 1] "
-                         "and no images (their keys/values are in the cache from the prefill)")
+        raise ValueError(
+            "decode=True takes one token per row, decoder_positions int32[B, 1] "
+            "and no images (their keys/values are in the cache from the prefill)"
+        )
       x = self.embed_tokens(tokens)
       return self.decoder(tokens, decoder_positions, None, embeddings=x, mode="extend")
     multimodal.validate_inputs(c, tokens, images, image_mask)
@@ -85,28 +105,41 @@ class MedPalmM(nn.Module):
       x = multimodal.merge_image_rows(x, rows, tokens == c.image_token_id)
     if decoder_positions is None:
       decoder_positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    mask = multimodal.attention_mask(tokens.shape[1], decoder_causal_attention,
-                                     decoder_target_tokens)
+    mask = multimodal.attention_mask(
+        tokens.shape[1], decoder_causal_attention, decoder_target_tokens
+    )
     mode, cache_length = "full", None
     if prefill:
       mode, cache_length = "prefill", max_decode_length or tokens.shape[1]
       if cache_length < tokens.shape[1]:
-        raise ValueError(f"max_decode_length {cache_length} is shorter than the prompt "
-                         f"({tokens.shape[1]} positions)")
-    return self.decoder(tokens, decoder_positions, mask, embeddings=x,
-                        enable_dropout=enable_dropout, mode=mode, cache_length=cache_length)
+        raise ValueError(
+            f"max_decode_length {cache_length} is shorter than the prompt "
+            f"({tokens.shape[1]} positions)"
+        )
+    return self.decoder(
+        tokens,
+        decoder_positions,
+        mask,
+        embeddings=x,
+        enable_dropout=enable_dropout,
+        mode=mode,
+        cache_length=cache_length,
+    )
 
 
-def dummy_inputs(config: MedPalmMConfig, batch: int = 1, length: int | None = None,
-                 num_images: int = 1) -> dict[str, Array]:
+def dummy_inputs(
+    config: MedPalmMConfig, batch: int = 1, length: int | None = None, num_images: int = 1
+) -> dict[str, Array]:
   """A well-formed batch of zeros (with its placeholders) for `init` / `eval_shape`."""
   m = config.num_image_tokens * num_images
   length = length or m + 8
   size = config.vision.image_size
-  tokens = jnp.zeros((batch, length), jnp.int32).at[:, 1:m + 1].set(config.image_token_id)
-  return {"decoder_input_tokens": tokens,
-          "images": jnp.zeros((batch, num_images, size, size, 3), jnp.uint8),
-          "image_mask": jnp.ones((batch, num_images), bool)}
+  tokens = jnp.zeros((batch, length), jnp.int32).at[:, 1 : m + 1].set(config.image_token_id)
+  return {
+      "decoder_input_tokens": tokens,
+      "images": jnp.zeros((batch, num_images, size, size, 3), jnp.uint8),
+      "image_mask": jnp.ones((batch, num_images), bool),
+  }
 
 
 def init(config: MedPalmMConfig, rng: Array, batch: int = 1) -> dict:
@@ -118,3 +151,16 @@ def abstract_params(config: MedPalmMConfig) -> dict:
   """Unboxed parameter ShapeDtypeStructs, from `jax.eval_shape` (nothing is allocated)."""
   abstract = jax.eval_shape(lambda: init(config, jax.random.key(0)))
   return nn.meta.unbox(abstract)["params"]
+
+
+def parameter_counts(config: MedPalmMConfig) -> dict[str, int]:
+  """Parameter counts per part from `jax.eval_shape` (nothing is allocated)."""
+  shapes = abstract_params(config)
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  parts = {
+      "decoder": count(shapes["decoder"]),
+      "vision": count(shapes["vision"]),
+      "projector": count(shapes["projector"]),
+  }
+  parts["total"] = sum(parts.values())
+  return parts

@@ -3,18 +3,22 @@
 PaLM-E places the projected image tokens where the `<img>` placeholders stand in the text, and the
 image rows take the text positions they replace (so RoPE sees them as ordinary tokens).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medpalm.configs import MedPalmMConfig
+from medpalm.models.configs import MedPalmMConfig
 from medpalm.models.layers import Array
 
 
-def attention_mask(length: int, decoder_causal_attention: Array | None = None,
-                   decoder_target_tokens: Array | None = None) -> Array:
+def attention_mask(
+    length: int,
+    decoder_causal_attention: Array | None = None,
+    decoder_target_tokens: Array | None = None,
+) -> Array:
   """bool[B, 1, T, T] (B = 1 when only causal): True where query t may attend to key s.
 
   Causal everywhere (PaLM-E); with `decoder_causal_attention` (int/bool[B, T], 1 on the prefix)
@@ -70,28 +74,39 @@ def validate_inputs(config: MedPalmMConfig, tokens, images=None, image_mask=None
     raise ValueError(f"decoder_input_tokens must be integers, got {tokens.dtype}")
   if images is None:
     if _concrete(tokens) and np.any(np.asarray(tokens) == config.image_token_id):
-      raise ValueError(f"decoder_input_tokens contain image placeholder id "
-                       f"{config.image_token_id} but no images were given")
+      raise ValueError(
+          f"decoder_input_tokens contain image placeholder id "
+          f"{config.image_token_id} but no images were given"
+      )
     return
   size = config.vision.image_size
   if images.ndim != 5:
-    raise ValueError(f"images must be uint8[B, N, {size}, {size}, 3] (rank 5), got rank "
-                     f"{images.ndim} with shape {images.shape}")
+    raise ValueError(
+        f"images must be uint8[B, N, {size}, {size}, 3] (rank 5), got rank "
+        f"{images.ndim} with shape {images.shape}"
+    )
   if images.dtype != jnp.uint8:
-    raise ValueError(f"images must be uint8 (normalisation happens in the model), got "
-                     f"{images.dtype}")
+    raise ValueError(
+        f"images must be uint8 (normalisation happens in the model), got " f"{images.dtype}"
+    )
   if images.shape[2:] != (size, size, 3):
-    raise ValueError(f"images must be [B, N, {size}, {size}, 3] for config "
-                     f"{config.name!r}, got {images.shape}")
+    raise ValueError(
+        f"images must be [B, N, {size}, {size}, 3] for config "
+        f"{config.name!r}, got {images.shape}"
+    )
   if images.shape[0] != tokens.shape[0]:
     raise ValueError(f"images batch {images.shape[0]} != tokens batch {tokens.shape[0]}")
   if image_mask is not None and image_mask.shape != images.shape[:2]:
-    raise ValueError(f"image_mask must be bool[B, N] = {images.shape[:2]}, got "
-                     f"{image_mask.shape}")
+    raise ValueError(
+        f"image_mask must be bool[B, N] = {images.shape[:2]}, got " f"{image_mask.shape}"
+    )
   if _concrete(tokens) and (image_mask is None or _concrete(image_mask)):
     per_row = np.sum(np.asarray(tokens) == config.image_token_id, axis=1)
-    valid = (np.full(images.shape[:2], True) if image_mask is None
-             else np.asarray(image_mask).astype(bool))
+    valid = (
+        np.full(images.shape[:2], True)
+        if image_mask is None
+        else np.asarray(image_mask).astype(bool)
+    )
     expected = valid.sum(axis=1) * config.num_image_tokens
     bad = np.nonzero(per_row != expected)[0]
     if bad.size:
@@ -99,4 +114,5 @@ def validate_inputs(config: MedPalmMConfig, tokens, images=None, image_mask=None
       raise ValueError(
           f"row {row}: {int(per_row[row])} image placeholder tokens (id "
           f"{config.image_token_id}) but {int(valid[row].sum())} valid image(s) × "
-          f"{config.num_image_tokens} tokens = {int(expected[row])} expected")
+          f"{config.num_image_tokens} tokens = {int(expected[row])} expected"
+      )

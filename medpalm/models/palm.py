@@ -4,29 +4,41 @@ PaLM: `y = x + Attn(LN(x)) + MLP(LN(x))` with one bias-free LayerNorm, SwiGLU, m
 attention, RoPE, no biases, input embedding shared with the output and logits scaled by
 1/sqrt(d_model), final LayerNorm.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from medpalm.configs import DecoderConfig
+from medpalm.models.configs import DecoderConfig
 from medpalm.models.blocks import DECODER_AXES, Stack
 from medpalm.models.layers import Array, Norm, constrain, param
 
 
 class PalmDecoder(nn.Module):
   """Token ids or ready-made embeddings -> logits float32[B, T, vocab]."""
+
   config: DecoderConfig
 
   def setup(self):
     c = self.config
     # N(0, 1): PaLM applies no norm to the embeddings ("since layer normalization is not applied").
-    self.embedding = param(self, "embedding", nn.initializers.normal(stddev=1.0),
-                           (c.vocab_size, c.d_model), ("vocab", "embed"),
-                           jnp.dtype(c.param_dtype))
-    self.final_norm = Norm(kind=c.norm, epsilon=c.norm_epsilon, use_bias=c.use_bias,
-                           scale_plus_one=c.norm_scale_plus_one, dtype=jnp.dtype(c.dtype),
-                           param_dtype=jnp.dtype(c.param_dtype))
+    self.embedding = param(
+        self,
+        "embedding",
+        nn.initializers.normal(stddev=1.0),
+        (c.vocab_size, c.d_model),
+        ("vocab", "embed"),
+        jnp.dtype(c.param_dtype),
+    )
+    self.final_norm = Norm(
+        kind=c.norm,
+        epsilon=c.norm_epsilon,
+        use_bias=c.use_bias,
+        scale_plus_one=c.norm_scale_plus_one,
+        dtype=jnp.dtype(c.dtype),
+        param_dtype=jnp.dtype(c.param_dtype),
+    )
     self.stack = Stack(c, DECODER_AXES, rope_base=c.rope_base)
     self.dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
 
@@ -38,12 +50,20 @@ class PalmDecoder(nn.Module):
     table = constrain(self.embedding, ("vocab", None))
     x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(c.dtype))
     if c.scale_embeddings:
-      x = x * jnp.asarray(c.d_model ** 0.5, x.dtype)
+      x = x * jnp.asarray(c.d_model**0.5, x.dtype)
     return constrain(x, ("batch", "length", "embed"))
 
-  def __call__(self, tokens: Array | None, positions: Array, attention_mask: Array | None, *,
-               embeddings: Array | None = None, enable_dropout: bool = False,
-               mode: str = "full", cache_length: int | None = None) -> Array:
+  def __call__(
+      self,
+      tokens: Array | None,
+      positions: Array,
+      attention_mask: Array | None,
+      *,
+      embeddings: Array | None = None,
+      enable_dropout: bool = False,
+      mode: str = "full",
+      cache_length: int | None = None,
+  ) -> Array:
     """Runs the decoder.
 
     Args:
@@ -60,6 +80,10 @@ class PalmDecoder(nn.Module):
     x = self.dropout(x, deterministic=not enable_dropout)
     x = self.stack(x, positions, attention_mask, enable_dropout, mode, cache_length)
     x = self.final_norm(x)
-    logits = jnp.einsum("btd,vd->btv", x, self.embedding.astype(x.dtype),
-                        preferred_element_type=jnp.float32) * c.output_scale
+    logits = (
+        jnp.einsum(
+            "btd,vd->btv", x, self.embedding.astype(x.dtype), preferred_element_type=jnp.float32
+        )
+        * c.output_scale
+    )
     return constrain(logits, ("batch", "length", "vocab"))

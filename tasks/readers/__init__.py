@@ -85,100 +85,106 @@ how often to repeat a record, and :func:`expand_repeats` applies it.
 
 Task-level entry point: :func:`read_task` (by the suffix of a ``multimedbench_<task>`` name).
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any, Callable, Literal, TypedDict
 
 from tasks.readers._common import (  # noqa: F401  (re-exported contract)
-    DATA_DIR_ENV, MissingDatasetError, ReaderError, ReadResult, resolve_dataset_dir)
+    DATA_DIR_ENV,
+    MissingDatasetError,
+    ReaderError,
+    ReadResult,
+    resolve_dataset_dir,
+)
 
 
 class QARecord(TypedDict):
-    id: str
-    question: str
-    options: list[str]
-    answer_idx: int
-    answer: str
+  id: str
+  question: str
+  options: list[str]
+  answer_idx: int
+  answer: str
 
 
 class PubMedQARecord(QARecord):
-    context: str
-    contexts: list[str]
-    labels: list[str]
-    long_answer: str
+  context: str
+  contexts: list[str]
+  labels: list[str]
+  long_answer: str
 
 
 class MimicIIIRecord(TypedDict):
-    id: str
-    findings: str
-    impression: str
-    modality: str
-    anatomy: str
-    description: str
+  id: str
+  findings: str
+  impression: str
+  modality: str
+  anatomy: str
+  description: str
 
 
 class VQARecord(TypedDict):
-    id: str
-    image_path: str
-    question: str
-    answer: str
-    answer_type: str
-    lang: str
+  id: str
+  image_path: str
+  question: str
+  answer: str
+  answer_type: str
+  lang: str
 
 
 class MimicCXRReportRecord(TypedDict):
-    id: str
-    image_path: str
-    study_id: str
-    view: str
-    indication: str
-    findings: str
+  id: str
+  image_path: str
+  study_id: str
+  view: str
+  indication: str
+  findings: str
 
 
 class _Classification(TypedDict):
-    options: list[str]
-    label: int
-    answer: str
+  options: list[str]
+  label: int
+  answer: str
 
 
 class MimicCXRClassificationRecord(_Classification):
-    id: str
-    image_path: str
-    study_id: str
-    view: str
-    condition: str
+  id: str
+  image_path: str
+  study_id: str
+  view: str
+  condition: str
 
 
 class PadUfesRecord(_Classification):
-    id: str
-    image_path: str
-    history: list[tuple[str, str]]
+  id: str
+  image_path: str
+  history: list[tuple[str, str]]
 
 
 class VinDrRecord(_Classification):
-    id: str
-    image_path: str
-    laterality: str
-    view: str
+  id: str
+  image_path: str
+  laterality: str
+  view: str
 
 
 class CbisDdsmRecord(_Classification):
-    id: str
-    image_path: str
-    view: str
-    abnormality: Literal["mass", "calcification"]
-    laterality: str
+  id: str
+  image_path: str
+  view: str
+  abnormality: Literal["mass", "calcification"]
+  laterality: str
 
 
 class GenomicsRecord(TypedDict):
-    id: str
-    image: Any  # numpy uint8[H, W, C]
-    options: list[str]
-    label: int | None
-    answer: str | None
-    variant_type: Literal["SNP", "INDEL"]
-    locus: str
+  id: str
+  image: Any  # numpy uint8[H, W, C]
+  options: list[str]
+  label: int | None
+  answer: str | None
+  variant_type: Literal["SNP", "INDEL"]
+  locus: str
 
 
 # multimedbench_<task> suffix → (module, fixed keyword options of its `read`).
@@ -200,34 +206,46 @@ TASK_READERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 DATASET_MODULES: tuple[str, ...] = (
-    "medqa", "medmcqa", "pubmedqa", "mimic_iii", "vqa_rad", "slake", "path_vqa", "mimic_cxr",
-    "pad_ufes_20", "vindr_mammo", "cbis_ddsm", "precisionfda")
+    "medqa",
+    "medmcqa",
+    "pubmedqa",
+    "mimic_iii",
+    "vqa_rad",
+    "slake",
+    "path_vqa",
+    "mimic_cxr",
+    "pad_ufes_20",
+    "vindr_mammo",
+    "cbis_ddsm",
+    "precisionfda",
+)
 
 
 def get_module(dataset: str):
-    """The reader module of one of the 12 datasets (imported lazily)."""
-    if dataset not in DATASET_MODULES:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_MODULES)}")
-    return importlib.import_module(f"tasks.readers.{dataset}")
+  """The reader module of one of the 12 datasets (imported lazily)."""
+  if dataset not in DATASET_MODULES:
+    raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_MODULES)}")
+  return importlib.import_module(f"tasks.readers.{dataset}")
 
 
-def read_task(task: str, split: str, *, data_dir=None, on_error: str = "raise",
-              **options) -> ReadResult:
-    """Reads the records of task ``multimedbench_<task>`` (``task`` is the suffix).
+def read_task(
+    task: str, split: str, *, data_dir=None, on_error: str = "raise", **options
+) -> ReadResult:
+  """Reads the records of task ``multimedbench_<task>`` (``task`` is the suffix).
 
-    ``data_dir`` overrides ``$MEDPALM_DATA_DIR/<DATASET_DIR>`` for this dataset.
-    """
-    task = task.removeprefix("multimedbench_")
-    if task not in TASK_READERS:
-        raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_READERS)}")
-    module_name, fixed = TASK_READERS[task]
-    module = get_module(module_name)
-    return module.read(data_dir, split, on_error=on_error, **fixed, **options)
+  ``data_dir`` overrides ``$MEDPALM_DATA_DIR/<DATASET_DIR>`` for this dataset.
+  """
+  task = task.removeprefix("multimedbench_")
+  if task not in TASK_READERS:
+    raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_READERS)}")
+  module_name, fixed = TASK_READERS[task]
+  module = get_module(module_name)
+  return module.read(data_dir, split, on_error=on_error, **fixed, **options)
 
 
 def expand_repeats(records: list[dict], repeats: Callable[[dict], int]) -> list[dict]:
-    """Each record repeated ``repeats(record)`` times, in order (training-time upsampling)."""
-    out: list[dict] = []
-    for record in records:
-        out.extend([record] * repeats(record))
-    return out
+  """Each record repeated ``repeats(record)`` times, in order (training-time upsampling)."""
+  out: list[dict] = []
+  for record in records:
+    out.extend([record] * repeats(record))
+  return out

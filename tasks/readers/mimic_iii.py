@@ -13,6 +13,7 @@ Splits: MIMIC-III has none, so the split is a stable function of ``SUBJECT_ID`` 
 no leakage): sha1(subject) mod 100 < 80 → train, < 90 → validation, else test.
 Record: MimicIIIRecord.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,76 +27,101 @@ from tasks.readers.report_sections import split_sections
 DATASET_DIR = "mimic_iii"
 SPLITS = ("train", "validation", "test")
 MAX_FINDINGS_TOKENS = 600
-COMMON_PAIRS = (("CT", "head"), ("CT", "abdomen"), ("CT", "chest"), ("MRI", "head"),
-                ("CT", "spine"), ("CT", "neck"))
-OOD_PAIRS = (("MRI", "spine"), ("CT", "sinus"), ("MRI", "abdomen"), ("MRI", "pelvis"),
-             ("MRI", "neck"))
+COMMON_PAIRS = (
+    ("CT", "head"),
+    ("CT", "abdomen"),
+    ("CT", "chest"),
+    ("MRI", "head"),
+    ("CT", "spine"),
+    ("CT", "neck"),
+)
+OOD_PAIRS = (
+    ("MRI", "spine"),
+    ("CT", "sinus"),
+    ("MRI", "abdomen"),
+    ("MRI", "pelvis"),
+    ("MRI", "neck"),
+)
 COLUMNS = ["ROW_ID", "SUBJECT_ID", "CATEGORY", "DESCRIPTION", "TEXT"]
-LAYOUT = ("MIMIC-III (credentialed, PhysioNet mimiciii 1.4): put NOTEEVENTS.csv.gz (or the "
-          "unzipped NOTEEVENTS.csv) in mimic_iii/.")
+LAYOUT = (
+    "MIMIC-III (credentialed, PhysioNet mimiciii 1.4): put NOTEEVENTS.csv.gz (or the "
+    "unzipped NOTEEVENTS.csv) in mimic_iii/."
+)
 
 # DESCRIPTION keyword → anatomy; the keyword occurring first in the description wins.
-_ANATOMY = [(re.compile(p), a) for p, a in [
-    (r"\b(HEAD|BRAIN)\b", "head"), (r"\b(ABD|ABDOMEN|ABDOMINAL)\b", "abdomen"),
-    (r"\b(CHEST|THORAX|THORACIC)\b", "chest"),
-    (r"\b([CTL]-SPINE|SPINE|CERVICAL|LUMBAR|[CTL]SPINE)\b", "spine"),
-    (r"\bNECK\b", "neck"), (r"\b(SINUS|SINUSES|MAXILLOFACIAL|FACIAL|ORBIT|ORBITS)\b", "sinus"),
-    (r"\bPELVIS\b", "pelvis")]]
+_ANATOMY = [
+    (re.compile(p), a)
+    for p, a in [
+        (r"\b(HEAD|BRAIN)\b", "head"),
+        (r"\b(ABD|ABDOMEN|ABDOMINAL)\b", "abdomen"),
+        (r"\b(CHEST|THORAX|THORACIC)\b", "chest"),
+        (r"\b([CTL]-SPINE|SPINE|CERVICAL|LUMBAR|[CTL]SPINE)\b", "spine"),
+        (r"\bNECK\b", "neck"),
+        (r"\b(SINUS|SINUSES|MAXILLOFACIAL|FACIAL|ORBIT|ORBITS)\b", "sinus"),
+        (r"\bPELVIS\b", "pelvis"),
+    ]
+]
 _MODALITY = re.compile(r"^\s*(CTA|CT|MRA|MRI|MR|MRV)\b")
 
 
 def modality_anatomy(description: str) -> tuple[str | None, str | None]:
-    """("CT"|"MRI"|None, anatomy|None) of a DESCRIPTION such as ``MR HEAD W & W/O CONTRAST``."""
-    d = description.upper()
-    m = _MODALITY.match(d)
-    modality = None if m is None else ("CT" if m.group(1).startswith("CT") else "MRI")
-    hits = [(mm.start(), a) for pat, a in _ANATOMY for mm in [pat.search(d)] if mm]
-    anatomy = min(hits)[1] if hits else None
-    return modality, anatomy
+  """("CT"|"MRI"|None, anatomy|None) of a DESCRIPTION such as ``MR HEAD W & W/O CONTRAST``."""
+  d = description.upper()
+  m = _MODALITY.match(d)
+  modality = None if m is None else ("CT" if m.group(1).startswith("CT") else "MRI")
+  hits = [(mm.start(), a) for pat, a in _ANATOMY for mm in [pat.search(d)] if mm]
+  anatomy = min(hits)[1] if hits else None
+  return modality, anatomy
 
 
 def split_of(subject_id: str) -> str:
-    bucket = int(hashlib.sha1(subject_id.strip().encode()).hexdigest(), 16) % 100
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+  bucket = int(hashlib.sha1(subject_id.strip().encode()).hexdigest(), 16) % 100
+  return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
-def read(dataset_dir, split: str, *, on_error: str = "raise", pairs: str = "common"
-         ) -> ReadResult:
-    """Summarization records of ``split``; ``pairs`` is "common" (train/eval) or "ood"."""
-    module = sys.modules[__name__]
-    _common.check_split(module, split)
-    if pairs not in ("common", "ood"):
-        raise ValueError(f"pairs must be 'common' or 'ood', got {pairs!r}")
-    keep = COMMON_PAIRS if pairs == "common" else OOD_PAIRS
-    root = _common.resolve_dataset_dir(module, dataset_dir)
-    path = _common.find_file(root, ["NOTEEVENTS.csv.gz", "NOTEEVENTS.csv"], module)
-    c = Collector(f"mimic_iii/{split}", on_error)
-    for lineno, row in _common.iter_csv(path, COLUMNS):
-        where = str(lineno)
-        if (row.get("CATEGORY") or "").strip() != "Radiology":
-            continue
-        with c.guard():
-            subject = get_str(row, "SUBJECT_ID", path, where)
-            if split_of(subject) != split:
-                continue
-            if (row.get("ISERROR") or "").strip() not in ("", "0"):
-                c.filter("ISERROR set")
-                continue
-            modality, anatomy = modality_anatomy(get_str(row, "DESCRIPTION", path, where))
-            if (modality, anatomy) not in keep:
-                c.filter("modality/anatomy pair not selected")
-                continue
-            sections = split_sections(row.get("TEXT") or "")
-            if "findings" not in sections or "impression" not in sections:
-                c.filter("no FINDINGS or IMPRESSION section")
-                continue
-            for name in ("findings", "impression"):
-                if not sections[name]:
-                    raise ReaderError(path, where, "TEXT", f"empty {name.upper()} section")
-            if len(sections["findings"].split()) > MAX_FINDINGS_TOKENS:
-                c.filter(f"findings over {MAX_FINDINGS_TOKENS} tokens")
-                continue
-            c.add({"id": get_str(row, "ROW_ID", path, where), "findings": sections["findings"],
-                   "impression": sections["impression"], "modality": modality,
-                   "anatomy": anatomy, "description": row["DESCRIPTION"].strip()})
-    return c.finish()
+def read(dataset_dir, split: str, *, on_error: str = "raise", pairs: str = "common") -> ReadResult:
+  """Summarization records of ``split``; ``pairs`` is "common" (train/eval) or "ood"."""
+  module = sys.modules[__name__]
+  _common.check_split(module, split)
+  if pairs not in ("common", "ood"):
+    raise ValueError(f"pairs must be 'common' or 'ood', got {pairs!r}")
+  keep = COMMON_PAIRS if pairs == "common" else OOD_PAIRS
+  root = _common.resolve_dataset_dir(module, dataset_dir)
+  path = _common.find_file(root, ["NOTEEVENTS.csv.gz", "NOTEEVENTS.csv"], module)
+  c = Collector(f"mimic_iii/{split}", on_error)
+  for lineno, row in _common.iter_csv(path, COLUMNS):
+    where = str(lineno)
+    if (row.get("CATEGORY") or "").strip() != "Radiology":
+      continue
+    with c.guard():
+      subject = get_str(row, "SUBJECT_ID", path, where)
+      if split_of(subject) != split:
+        continue
+      if (row.get("ISERROR") or "").strip() not in ("", "0"):
+        c.filter("ISERROR set")
+        continue
+      modality, anatomy = modality_anatomy(get_str(row, "DESCRIPTION", path, where))
+      if (modality, anatomy) not in keep:
+        c.filter("modality/anatomy pair not selected")
+        continue
+      sections = split_sections(row.get("TEXT") or "")
+      if "findings" not in sections or "impression" not in sections:
+        c.filter("no FINDINGS or IMPRESSION section")
+        continue
+      for name in ("findings", "impression"):
+        if not sections[name]:
+          raise ReaderError(path, where, "TEXT", f"empty {name.upper()} section")
+      if len(sections["findings"].split()) > MAX_FINDINGS_TOKENS:
+        c.filter(f"findings over {MAX_FINDINGS_TOKENS} tokens")
+        continue
+      c.add(
+          {
+              "id": get_str(row, "ROW_ID", path, where),
+              "findings": sections["findings"],
+              "impression": sections["impression"],
+              "modality": modality,
+              "anatomy": anatomy,
+              "description": row["DESCRIPTION"].strip(),
+          }
+      )
+  return c.finish()

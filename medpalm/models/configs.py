@@ -4,11 +4,11 @@ Sizes follow the paper (Med-PaLM M = PaLM-E = ViT + PaLM): 12b = ViT-e + PaLM 8B
 PaLM 62B, 562b = ViT-22B + PaLM 540B. Switches on `TransformerConfig` cover the blocks of every
 architecture whose weights we load (SigLIP, Gemma, Cohere) so one implementation serves all.
 
-    python -m medpalm.configs --summary      # parameter counts by eval_shape, no allocation
+    python -m medpalm.models --summary      # parameter counts by eval_shape, no allocation
 """
+
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import Callable
 
@@ -26,6 +26,7 @@ class TransformerConfig:
   `gated_mlp`: SwiGLU / GeGLU with `d_ff` per matrix (PaLM, Gemma); otherwise fc1-act-fc2.
   `norm`: "layernorm" (mean-centred) or "rmsnorm"; `norm_scale_plus_one` applies the scale as 1 + w.
   """
+
   num_layers: int
   d_model: int
   num_heads: int
@@ -51,8 +52,9 @@ class TransformerConfig:
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} not a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
+      raise ValueError(
+          f"num_heads={self.num_heads} not a multiple of " f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.mlp_activation not in ACTIVATIONS:
       raise ValueError(f"mlp_activation {self.mlp_activation!r} not in {ACTIVATIONS}")
     if self.norm not in ("layernorm", "rmsnorm"):
@@ -66,6 +68,7 @@ class TransformerConfig:
 @dataclasses.dataclass(frozen=True)
 class VisionConfig(TransformerConfig):
   """ViT over `image_size`² pixels in `patch_size`² patches; all patch tokens go out."""
+
   image_size: int = 224
   patch_size: int = 14
   final_norm: bool = True
@@ -80,6 +83,7 @@ class VisionConfig(TransformerConfig):
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig(TransformerConfig):
   """PaLM decoder. `logits_scale=None` means PaLM's 1/sqrt(d_model) on the shared embedding."""
+
   vocab_size: int = 256_000
   rope_base: float = 10_000.0
   scale_embeddings: bool = False
@@ -87,12 +91,13 @@ class DecoderConfig(TransformerConfig):
 
   @property
   def output_scale(self) -> float:
-    return self.d_model ** -0.5 if self.logits_scale is None else self.logits_scale
+    return self.d_model**-0.5 if self.logits_scale is None else self.logits_scale
 
 
 @dataclasses.dataclass(frozen=True)
 class MedPalmMConfig:
   """ViT + affine projector + decoder. `image_token_id` marks the placeholder rows in the text."""
+
   name: str
   vision: VisionConfig
   decoder: DecoderConfig
@@ -100,8 +105,10 @@ class MedPalmMConfig:
 
   def __post_init__(self):
     if not 0 <= self.image_token_id < self.decoder.vocab_size:
-      raise ValueError(f"image_token_id {self.image_token_id} outside the vocabulary "
-                       f"[0, {self.decoder.vocab_size})")
+      raise ValueError(
+          f"image_token_id {self.image_token_id} outside the vocabulary "
+          f"[0, {self.decoder.vocab_size})"
+      )
 
   @property
   def num_image_tokens(self) -> int:
@@ -110,57 +117,121 @@ class MedPalmMConfig:
   def replace(self, **runtime) -> "MedPalmMConfig":
     """Same architecture with runtime switches (dtype, param_dtype, scan_layers, remat_policy,
     dropout_rate) set on both towers."""
-    return dataclasses.replace(self, vision=dataclasses.replace(self.vision, **runtime),
-                               decoder=dataclasses.replace(self.decoder, **runtime))
+    return dataclasses.replace(
+        self,
+        vision=dataclasses.replace(self.vision, **runtime),
+        decoder=dataclasses.replace(self.decoder, **runtime),
+    )
 
 
 # --- vision towers --------------------------------------------------------------------------
 
+
 def vit_e() -> VisionConfig:
   """ViT-e/14 (PaLI's "ViT-4B"): sequential pre-LN blocks with biases, GELU MLP."""
-  return VisionConfig(num_layers=56, d_model=1792, num_heads=16, head_dim=112, d_ff=15360,
-                      num_kv_heads=16, parallel_block=False, gated_mlp=False,
-                      mlp_activation="gelu", use_bias=True)
+  return VisionConfig(
+      num_layers=56,
+      d_model=1792,
+      num_heads=16,
+      head_dim=112,
+      d_ff=15360,
+      num_kv_heads=16,
+      parallel_block=False,
+      gated_mlp=False,
+      mlp_activation="gelu",
+      use_bias=True,
+  )
 
 
 def vit_22b() -> VisionConfig:
   """ViT-22B/14: parallel block, QK LayerNorm, no biases in projections or norms."""
-  return VisionConfig(num_layers=48, d_model=6144, num_heads=48, head_dim=128, d_ff=24576,
-                      num_kv_heads=48, parallel_block=True, gated_mlp=False,
-                      mlp_activation="gelu", use_bias=False, qk_norm=True)
+  return VisionConfig(
+      num_layers=48,
+      d_model=6144,
+      num_heads=48,
+      head_dim=128,
+      d_ff=24576,
+      num_kv_heads=48,
+      parallel_block=True,
+      gated_mlp=False,
+      mlp_activation="gelu",
+      use_bias=False,
+      qk_norm=True,
+  )
 
 
 def siglip_so400m() -> VisionConfig:
   """SigLIP So400m/14 at 224 as in PaliGemma: pre-LN with biases, gelu-tanh, post-LN."""
-  return VisionConfig(num_layers=27, d_model=1152, num_heads=16, head_dim=72, d_ff=4304,
-                      num_kv_heads=16, parallel_block=False, gated_mlp=False,
-                      mlp_activation="gelu_tanh", use_bias=True)
+  return VisionConfig(
+      num_layers=27,
+      d_model=1152,
+      num_heads=16,
+      head_dim=72,
+      d_ff=4304,
+      num_kv_heads=16,
+      parallel_block=False,
+      gated_mlp=False,
+      mlp_activation="gelu_tanh",
+      use_bias=True,
+  )
 
 
 # --- decoders -------------------------------------------------------------------------------
 
+
 def palm(num_layers: int, d_model: int, num_heads: int, d_ff: int) -> DecoderConfig:
   """PaLM: parallel block, one bias-free LayerNorm, SwiGLU, multi-query attention, head 256."""
-  return DecoderConfig(num_layers=num_layers, d_model=d_model, num_heads=num_heads,
-                       head_dim=256, d_ff=d_ff, num_kv_heads=1, parallel_block=True,
-                       gated_mlp=True, mlp_activation="silu", use_bias=False)
+  return DecoderConfig(
+      num_layers=num_layers,
+      d_model=d_model,
+      num_heads=num_heads,
+      head_dim=256,
+      d_ff=d_ff,
+      num_kv_heads=1,
+      parallel_block=True,
+      gated_mlp=True,
+      mlp_activation="silu",
+      use_bias=False,
+  )
 
 
 def gemma_2b() -> DecoderConfig:
   """Gemma 2B as in PaliGemma: sequential block, RMSNorm(1+w), GeGLU, MQA, scaled embeddings."""
-  return DecoderConfig(num_layers=18, d_model=2048, num_heads=8, head_dim=256, d_ff=16384,
-                       num_kv_heads=1, parallel_block=False, gated_mlp=True,
-                       mlp_activation="gelu_tanh", use_bias=False, norm="rmsnorm",
-                       norm_scale_plus_one=True, vocab_size=257_216, scale_embeddings=True,
-                       logits_scale=1.0)
+  return DecoderConfig(
+      num_layers=18,
+      d_model=2048,
+      num_heads=8,
+      head_dim=256,
+      d_ff=16384,
+      num_kv_heads=1,
+      parallel_block=False,
+      gated_mlp=True,
+      mlp_activation="gelu_tanh",
+      use_bias=False,
+      norm="rmsnorm",
+      norm_scale_plus_one=True,
+      vocab_size=257_216,
+      scale_embeddings=True,
+      logits_scale=1.0,
+  )
 
 
 def _tiny() -> MedPalmMConfig:
-  vision = VisionConfig(num_layers=2, d_model=64, num_heads=4, head_dim=16, d_ff=128,
-                        num_kv_heads=4, parallel_block=False, gated_mlp=False,
-                        mlp_activation="gelu", use_bias=True)
-  decoder = dataclasses.replace(palm(num_layers=2, d_model=64, num_heads=4, d_ff=256),
-                                head_dim=16, vocab_size=1024)
+  vision = VisionConfig(
+      num_layers=2,
+      d_model=64,
+      num_heads=4,
+      head_dim=16,
+      d_ff=128,
+      num_kv_heads=4,
+      parallel_block=False,
+      gated_mlp=False,
+      mlp_activation="gelu",
+      use_bias=True,
+  )
+  decoder = dataclasses.replace(
+      palm(num_layers=2, d_model=64, num_heads=4, d_ff=256), head_dim=16, vocab_size=1024
+  )
   return MedPalmMConfig("tiny", vision, decoder, image_token_id=1023)
 
 
@@ -174,8 +245,9 @@ CONFIGS: dict[str, Callable[[], MedPalmMConfig]] = {
 }
 
 
-def get_config(name: str, *, image_size: int | None = None, vocab=None,
-               vocab_multiple: int = 128, **runtime) -> MedPalmMConfig:
+def get_config(
+    name: str, *, image_size: int | None = None, vocab=None, vocab_multiple: int = 128, **runtime
+) -> MedPalmMConfig:
   """Returns the named config, with runtime switches (see `MedPalmMConfig.replace`) applied.
 
   image_size: overrides the vision tower's input size (e.g. 28 for fast tests: 4 image tokens).
@@ -188,42 +260,15 @@ def get_config(name: str, *, image_size: int | None = None, vocab=None,
     raise ValueError(f"unknown config {name!r}; known configs: {', '.join(CONFIGS)}")
   config = CONFIGS[name]()
   if image_size is not None:
-    config = dataclasses.replace(config, vision=dataclasses.replace(config.vision,
-                                                                    image_size=image_size))
+    config = dataclasses.replace(
+        config, vision=dataclasses.replace(config.vision, image_size=image_size)
+    )
   if vocab is not None:
     size = -(-int(vocab.vocab_size) // vocab_multiple) * vocab_multiple
     image_id = getattr(vocab, "image_placeholder_id", None)
     config = dataclasses.replace(
-        config, decoder=dataclasses.replace(config.decoder, vocab_size=size),
-        image_token_id=config.image_token_id if image_id is None else int(image_id))
+        config,
+        decoder=dataclasses.replace(config.decoder, vocab_size=size),
+        image_token_id=config.image_token_id if image_id is None else int(image_id),
+    )
   return config.replace(**runtime) if runtime else config
-
-
-def parameter_counts(config: MedPalmMConfig) -> dict[str, int]:
-  """Parameter counts per part from `jax.eval_shape` (nothing is allocated)."""
-  import jax  # Local: keeps `medpalm.configs` importable without initialising a backend.
-  import numpy as np
-  from medpalm.models import medpalm_m
-
-  shapes = medpalm_m.abstract_params(config)
-  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-  parts = {"decoder": count(shapes["decoder"]), "vision": count(shapes["vision"]),
-           "projector": count(shapes["projector"])}
-  parts["total"] = sum(parts.values())
-  return parts
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--summary", action="store_true", help="print parameter counts")
-  args = parser.parse_args(argv)
-  if not args.summary:
-    parser.print_help()
-    return
-  for name in CONFIGS:
-    c = parameter_counts(get_config(name))
-    print(f"{name} decoder={c['decoder']} vision={c['vision']} total={c['total']}")
-
-
-if __name__ == "__main__":
-  main()

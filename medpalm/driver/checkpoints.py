@@ -14,6 +14,7 @@ every parameter of the new model is looked up in the imported tree after rewriti
 wins, a `None` replacement means "initialize from scratch"; unmatched paths keep their own name.
 A parameter the source lacks is an error unless `fallback_to_scratch=True` (e.g. a new projector).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ STEP_PREFIX = "checkpoint"
 class SaveCheckpointConfig:
   """period: save every `period` steps (and always at the end); keep: how many to keep (None:
   all); save_dataset: include the input iterator; use_async: write in the background."""
+
   period: int = 1000
   keep: int | None = None
   save_dataset: bool = True
@@ -51,6 +53,7 @@ class RestoreCheckpointConfig:
   fallback_to_scratch: parameters missing from the source are initialized from scratch.
   restore_dataset: also restore the input position (only from a medpalm checkpoint).
   """
+
   path: str | None = None
   mode: str = "latest"
   importer: Callable | None = None
@@ -70,6 +73,7 @@ class CheckpointConfig:
 
 
 # --- the input iterator as an orbax item ------------------------------------------------------
+
 
 class DatasetHandler(ocp.CheckpointHandler):
   """Saves / restores each process's `data.BatchIterator` under `process_<index>/`."""
@@ -93,6 +97,7 @@ class DatasetArgs(ocp.args.CheckpointArgs):
 
 # --- the manager --------------------------------------------------------------------------------
 
+
 def ensure_writable(model_dir: str) -> str:
   """Creates `model_dir`; raises ValueError naming it when it cannot be created or written."""
   try:
@@ -115,19 +120,27 @@ class CheckpointManager:
     read_only: for eval / infer (never cleans or writes).
   """
 
-  def __init__(self, model_dir: str, save_cfg: SaveCheckpointConfig | None = None,
-               read_only: bool = False):
+  def __init__(
+      self, model_dir: str, save_cfg: SaveCheckpointConfig | None = None, read_only: bool = False
+  ):
     save_cfg = save_cfg or SaveCheckpointConfig()
     if save_cfg.period < 1:
       raise ValueError(f"SaveCheckpointConfig.period must be >= 1, got {save_cfg.period}")
     self.save_cfg = save_cfg
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=save_cfg.keep, step_prefix=STEP_PREFIX, create=not read_only,
-        read_only=read_only, cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=save_cfg.use_async)
+        max_to_keep=save_cfg.keep,
+        step_prefix=STEP_PREFIX,
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=save_cfg.use_async,
+    )
     self._manager = ocp.CheckpointManager(
-        epath.Path(model_dir), options=options, item_names=("state", "dataset"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "dataset": DatasetHandler()})
+        epath.Path(model_dir),
+        options=options,
+        item_names=("state", "dataset"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "dataset": DatasetHandler()},
+    )
 
   @property
   def directory(self) -> str:
@@ -155,8 +168,10 @@ class CheckpointManager:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if iterator is not None:
       if not os.path.isdir(os.path.join(self.step_dir(step), "dataset")):
-        raise ValueError(f"{self.step_dir(step)} has no input position (saved with "
-                         "save_dataset=False); cannot resume the data exactly")
+        raise ValueError(
+            f"{self.step_dir(step)} has no input position (saved with "
+            "save_dataset=False); cannot resume the data exactly"
+        )
       items["dataset"] = DatasetArgs(iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**items)).state
 
@@ -187,6 +202,7 @@ def find_checkpoint(path: str, mode: str = "latest") -> tuple[str, int]:
 
 # --- importing open weights -------------------------------------------------------------------
 
+
 def _flatten(tree, prefix="") -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
@@ -209,8 +225,9 @@ def _unflatten(flat: dict[str, Any]) -> dict:
   return out
 
 
-def assign_params(source: dict, target: dict, assignment_map=(),
-                  fallback_to_scratch: bool = False) -> tuple[dict, dict[str, list[str]]]:
+def assign_params(
+    source: dict, target: dict, assignment_map=(), fallback_to_scratch: bool = False
+) -> tuple[dict, dict[str, list[str]]]:
   """Fills `target` (a params tree: arrays or shape structs) from `source` (nested dicts).
 
   Returns (params, report) where params take the source's values where assigned and `target`'s
@@ -231,8 +248,10 @@ def assign_params(source: dict, target: dict, assignment_map=(),
     if source_path is not None and source_path in src:
       got = np.shape(src[source_path])
       if tuple(got) != tuple(value.shape):
-        raise ValueError(f"parameter {path}: imported {source_path} has shape {tuple(got)}, "
-                         f"the model needs {tuple(value.shape)}")
+        raise ValueError(
+            f"parameter {path}: imported {source_path} has shape {tuple(got)}, "
+            f"the model needs {tuple(value.shape)}"
+        )
       out[path] = np.asarray(src[source_path]).astype(value.dtype)
       used.add(source_path)
       report["imported"].append(path)
@@ -240,9 +259,11 @@ def assign_params(source: dict, target: dict, assignment_map=(),
       out[path] = value
       report["scratch"].append(path)
     else:
-      raise ValueError(f"parameter {path}: not in the imported checkpoint (looked for "
-                       f"{source_path}); add an assignment_map rule or set "
-                       "fallback_to_scratch=True")
+      raise ValueError(
+          f"parameter {path}: not in the imported checkpoint (looked for "
+          f"{source_path}); add an assignment_map rule or set "
+          "fallback_to_scratch=True"
+      )
   report["unused"] = sorted(set(src) - used)
   return _unflatten(out), report
 
@@ -251,12 +272,19 @@ def import_into(state, restore_cfg: RestoreCheckpointConfig, param_shardings):
   """`state` with params replaced by the imported open checkpoint (optimizer state unchanged:
   Adafactor's initial state does not depend on parameter values)."""
   _, source, _ = restore_cfg.importer(restore_cfg.path)
-  params, report = assign_params(source, state.params, restore_cfg.assignment_map,
-                                 restore_cfg.fallback_to_scratch)
-  logging.info("imported %d parameters from %s; %d from scratch: %s; %d unused in the source",
-               len(report["imported"]), restore_cfg.path, len(report["scratch"]),
-               report["scratch"], len(report["unused"]))
-  place = lambda x, s: (jax.make_array_from_callback(x.shape, s, lambda i: x[i])
-                        if isinstance(x, np.ndarray) else x)
+  params, report = assign_params(
+      source, state.params, restore_cfg.assignment_map, restore_cfg.fallback_to_scratch
+  )
+  logging.info(
+      "imported %d parameters from %s; %d from scratch: %s; %d unused in the source",
+      len(report["imported"]),
+      restore_cfg.path,
+      len(report["scratch"]),
+      report["scratch"],
+      len(report["unused"]),
+  )
+  place = lambda x, s: (
+      jax.make_array_from_callback(x.shape, s, lambda i: x[i]) if isinstance(x, np.ndarray) else x
+  )
   params = jax.tree.map(place, params, param_shardings)
   return state.replace(params=params), report

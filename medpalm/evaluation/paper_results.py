@@ -9,13 +9,16 @@ between Table 2, Table 3 and the appendix tables; the NEJM AI (2024) version was
 Metric keys are the keys that ``tasks.metrics`` returns, so a results file and this table line up
 without a translation step. Pure Python: importable without TensorFlow or JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
-SOURCE = ("Tu et al., Towards Generalist Biomedical AI, arXiv:2307.14334 v1 (2023), Table 2 "
-          "(prior SOTA, PaLM-E 84B) and Table 3 / Tables A.3-A.7 (Med-PaLM M 12B/84B/562B)")
+SOURCE = (
+    "Tu et al., Towards Generalist Biomedical AI, arXiv:2307.14334 v1 (2023), Table 2 "
+    "(prior SOTA, PaLM-E 84B) and Table 3 / Tables A.3-A.7 (Med-PaLM M 12B/84B/562B)"
+)
 
 # Paper columns, in the order a report shows them, with their titles.
 COLUMNS = ("mpm_12b", "mpm_84b", "mpm_562b", "palm_e_84b", "prior_sota")
@@ -37,8 +40,10 @@ TASKS = {
     "multimedbench_slake": ("Visual question answering", "Slake-VQA"),
     "multimedbench_path_vqa": ("Visual question answering", "Path-VQA"),
     "multimedbench_mimic_cxr_report": ("Report generation", "MIMIC-CXR"),
-    "multimedbench_mimic_cxr_classification": ("Medical image classification",
-                                               "MIMIC-CXR (5 conditions)"),
+    "multimedbench_mimic_cxr_classification": (
+        "Medical image classification",
+        "MIMIC-CXR (5 conditions)",
+    ),
     "multimedbench_pad_ufes_20": ("Medical image classification", "PAD-UFES-20"),
     "multimedbench_vindr_mammo": ("Medical image classification", "VinDr-Mammo"),
     "multimedbench_cbis_ddsm_mass": ("Medical image classification", "CBIS-DDSM (mass)"),
@@ -70,6 +75,7 @@ METRIC_NAMES = {
 @dataclasses.dataclass(frozen=True)
 class PaperResult:
   """One row of the paper's table: a task, a metric, and the value of each column (in %)."""
+
   task: str
   metric: str
   prior_sota: Optional[float]
@@ -94,53 +100,76 @@ def _rows(task: str, *rows) -> list[PaperResult]:
 
 # (metric, prior SOTA, its citation in the paper, PaLM-E 84B, MPM 12B, MPM 84B, MPM 562B)
 PAPER_RESULTS: tuple[PaperResult, ...] = tuple(
-    _rows("multimedbench_medqa",
-          ("accuracy", 86.50, "[61] Med-PaLM 2", 28.83, 29.22, 46.11, 69.68))
-    + _rows("multimedbench_medmcqa",
-            ("accuracy", 72.30, "[61] Med-PaLM 2", 33.35, 32.20, 47.60, 62.59))
-    + _rows("multimedbench_pubmedqa",
-            ("accuracy", 81.80, "[61] Med-PaLM 2", 64.00, 48.60, 71.40, 80.00))
-    + _rows("multimedbench_mimic_iii",
-            ("rougeL", 38.70, "[62] clinical-T5 (LoRA)", 3.30, 29.45, 31.47, 32.03),
-            ("bleu", 16.20, "[62] clinical-T5 (LoRA)", 0.34, 12.14, 15.36, 15.21),
-            ("f1_radgraph", 40.80, "[62] clinical-T5 (LoRA)", 8.00, 31.43, 33.96, 34.71))
-    + _rows("multimedbench_vqa_rad",
-            ("bleu1", 71.03, "[63]", 59.19, 64.02, 69.38, 71.27),
-            ("token_f1", None, "", 38.67, 50.66, 59.90, 62.06))
-    + _rows("multimedbench_slake",
-            ("bleu1", 78.60, "[64]", 52.65, 90.77, 92.70, 91.64),
-            ("token_f1", 78.10, "[64]", 24.53, 86.22, 89.28, 87.50))
-    + _rows("multimedbench_path_vqa",
-            ("bleu1", 70.30, "[64]", 54.92, 68.97, 70.16, 72.27),
-            ("token_f1", 58.40, "[64]", 29.68, 57.24, 59.51, 62.69))
-    + _rows("multimedbench_mimic_cxr_report",
-            ("micro_f1_14", 44.20, "[65]", 15.40, 51.41, 53.56, 51.60),
-            ("macro_f1_14", 30.70, "[65]", 10.11, 37.31, 39.83, 37.81),
-            ("micro_f1_5", 56.70, "[66]", 5.51, 56.54, 57.88, 56.28),
-            ("macro_f1_5", None, "", 4.85, 50.57, 51.60, 49.86),
-            ("f1_radgraph", 24.40, "[14]", 11.66, 25.20, 26.71, 26.06),
-            ("bleu1", 39.48, "[65]", 19.86, 30.90, 32.31, 31.73),
-            ("bleu4", 13.30, "[66]", 4.60, 10.43, 11.31, 11.50),
-            ("rougeL", 29.60, "[67]", 16.53, 26.16, 27.29, 27.49),
-            ("cider_d", 49.50, "[68]", 3.50, 23.43, 26.17, 25.27))
-    + _rows("multimedbench_mimic_cxr_classification",
-            ("macro_auc", 81.27, "[69] ParallelXNet", 51.48, 76.67, 78.35, 79.09),
-            ("macro_f1", None, "", 7.83, 38.33, 36.83, 41.57))
-    + _rows("multimedbench_pad_ufes_20",
-            ("macro_auc", None, "", 63.37, 95.57, 97.27, 96.08),
-            ("macro_f1", None, "", 1.38, 78.42, 84.32, 77.03))
-    + _rows("multimedbench_vindr_mammo",
-            ("macro_auc", 64.50, "[49] BenchMD", 51.49, 66.29, 71.76, 71.42),
-            ("macro_f1", None, "", 16.06, 29.81, 35.70, 33.90))
-    + _rows("multimedbench_cbis_ddsm_mass",
-            ("macro_auc", None, "", 47.75, 70.11, 73.09, 73.31),
-            ("macro_f1", None, "", 7.77, 47.23, 49.98, 51.12))
-    + _rows("multimedbench_cbis_ddsm_calc",
-            ("macro_auc", None, "", 40.67, 81.40, 82.22, 80.90),
-            ("macro_f1", 70.71, "[70]", 11.37, 67.86, 63.81, 63.03))
-    + _rows("multimedbench_precisionfda",
-            ("indel_f1", 99.40, "[71] DeepVariant", 53.01, 96.42, 97.04, 95.46),
-            ("snp_f1", 99.70, "[71] DeepVariant", 52.84, 99.35, 99.32, 99.16))
+    _rows("multimedbench_medqa", ("accuracy", 86.50, "[61] Med-PaLM 2", 28.83, 29.22, 46.11, 69.68))
+    + _rows(
+        "multimedbench_medmcqa", ("accuracy", 72.30, "[61] Med-PaLM 2", 33.35, 32.20, 47.60, 62.59)
+    )
+    + _rows(
+        "multimedbench_pubmedqa", ("accuracy", 81.80, "[61] Med-PaLM 2", 64.00, 48.60, 71.40, 80.00)
+    )
+    + _rows(
+        "multimedbench_mimic_iii",
+        ("rougeL", 38.70, "[62] clinical-T5 (LoRA)", 3.30, 29.45, 31.47, 32.03),
+        ("bleu", 16.20, "[62] clinical-T5 (LoRA)", 0.34, 12.14, 15.36, 15.21),
+        ("f1_radgraph", 40.80, "[62] clinical-T5 (LoRA)", 8.00, 31.43, 33.96, 34.71),
+    )
+    + _rows(
+        "multimedbench_vqa_rad",
+        ("bleu1", 71.03, "[63]", 59.19, 64.02, 69.38, 71.27),
+        ("token_f1", None, "", 38.67, 50.66, 59.90, 62.06),
+    )
+    + _rows(
+        "multimedbench_slake",
+        ("bleu1", 78.60, "[64]", 52.65, 90.77, 92.70, 91.64),
+        ("token_f1", 78.10, "[64]", 24.53, 86.22, 89.28, 87.50),
+    )
+    + _rows(
+        "multimedbench_path_vqa",
+        ("bleu1", 70.30, "[64]", 54.92, 68.97, 70.16, 72.27),
+        ("token_f1", 58.40, "[64]", 29.68, 57.24, 59.51, 62.69),
+    )
+    + _rows(
+        "multimedbench_mimic_cxr_report",
+        ("micro_f1_14", 44.20, "[65]", 15.40, 51.41, 53.56, 51.60),
+        ("macro_f1_14", 30.70, "[65]", 10.11, 37.31, 39.83, 37.81),
+        ("micro_f1_5", 56.70, "[66]", 5.51, 56.54, 57.88, 56.28),
+        ("macro_f1_5", None, "", 4.85, 50.57, 51.60, 49.86),
+        ("f1_radgraph", 24.40, "[14]", 11.66, 25.20, 26.71, 26.06),
+        ("bleu1", 39.48, "[65]", 19.86, 30.90, 32.31, 31.73),
+        ("bleu4", 13.30, "[66]", 4.60, 10.43, 11.31, 11.50),
+        ("rougeL", 29.60, "[67]", 16.53, 26.16, 27.29, 27.49),
+        ("cider_d", 49.50, "[68]", 3.50, 23.43, 26.17, 25.27),
+    )
+    + _rows(
+        "multimedbench_mimic_cxr_classification",
+        ("macro_auc", 81.27, "[69] ParallelXNet", 51.48, 76.67, 78.35, 79.09),
+        ("macro_f1", None, "", 7.83, 38.33, 36.83, 41.57),
+    )
+    + _rows(
+        "multimedbench_pad_ufes_20",
+        ("macro_auc", None, "", 63.37, 95.57, 97.27, 96.08),
+        ("macro_f1", None, "", 1.38, 78.42, 84.32, 77.03),
+    )
+    + _rows(
+        "multimedbench_vindr_mammo",
+        ("macro_auc", 64.50, "[49] BenchMD", 51.49, 66.29, 71.76, 71.42),
+        ("macro_f1", None, "", 16.06, 29.81, 35.70, 33.90),
+    )
+    + _rows(
+        "multimedbench_cbis_ddsm_mass",
+        ("macro_auc", None, "", 47.75, 70.11, 73.09, 73.31),
+        ("macro_f1", None, "", 7.77, 47.23, 49.98, 51.12),
+    )
+    + _rows(
+        "multimedbench_cbis_ddsm_calc",
+        ("macro_auc", None, "", 40.67, 81.40, 82.22, 80.90),
+        ("macro_f1", 70.71, "[70]", 11.37, 67.86, 63.81, 63.03),
+    )
+    + _rows(
+        "multimedbench_precisionfda",
+        ("indel_f1", 99.40, "[71] DeepVariant", 53.01, 96.42, 97.04, 95.46),
+        ("snp_f1", 99.70, "[71] DeepVariant", 52.84, 99.35, 99.32, 99.16),
+    )
 )
 
 

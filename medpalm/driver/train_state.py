@@ -8,6 +8,7 @@ item. Fields:
     factored second moments replicated).
   skipped: int32[] — steps whose update was dropped because the loss or a gradient was not finite.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,9 +29,13 @@ class TrainState:
 
   @classmethod
   def create(cls, optimizer_def, params) -> "TrainState":
-    return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=optimizer_def.init_state(params), skipped=jnp.zeros((), jnp.int32),
-               optimizer_def=optimizer_def)
+    return cls(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer_def.init_state(params),
+        skipped=jnp.zeros((), jnp.int32),
+        optimizer_def=optimizer_def,
+    )
 
   def logical_axes(self, params_axes: Any) -> "TrainState":
     """The same tree with PartitionSpecs of logical names at the leaves.
@@ -40,19 +45,25 @@ class TrainState:
     param-shaped and are replicated).
     """
     return self.replace(
-        step=PartitionSpec(), skipped=PartitionSpec(), params=params_axes,
-        opt_state=self.optimizer_def.derive_logical_axes(self.opt_state, params_axes,
-                                                         params=self.params))
+        step=PartitionSpec(),
+        skipped=PartitionSpec(),
+        params=params_axes,
+        opt_state=self.optimizer_def.derive_logical_axes(
+            self.opt_state, params_axes, params=self.params
+        ),
+    )
 
 
 def param_specs(params_axes_collection: Any) -> Any:
   """T5X's `params_axes` collection (`<name>_axes` -> AxisMetadata) -> PartitionSpecs tree."""
+
   def walk(tree):
     out = {}
     for key, value in tree.items():
       if key.endswith("_axes") and hasattr(value, "names"):
-        out[key[:-len("_axes")]] = PartitionSpec(*value.names)
+        out[key[: -len("_axes")]] = PartitionSpec(*value.names)
       else:
         out[key] = walk(value)
     return out
+
   return walk(params_axes_collection)

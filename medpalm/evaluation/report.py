@@ -1,6 +1,6 @@
 """Evaluation report: our MultiMedBench results beside the paper's, as Markdown and a PNG chart.
 
-    python -m medpalm.report --results_dir DIR --output docs/RESULTS.md [--chart docs/RESULTS.png]
+    python -m medpalm.evaluation.report --results_dir DIR --output docs/RESULTS.md [--chart docs/RESULTS.png]
         [--step N]
 
 Results layout (what an evaluation run writes, one file per task and step; see
@@ -17,6 +17,7 @@ In the report, "missing" means the results directory has no value for that task 
 "not computed" means the metric ran but has no value (its reason is listed under the table).
 Plain Python + numpy + matplotlib (Agg): no TensorFlow, no JAX.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ import os
 import re
 from typing import Any, Mapping, Optional, Sequence
 
-from medpalm import paper_results
+from medpalm.evaluation import paper_results
 
 MISSING = "missing"
 NOT_COMPUTED = "not computed"
@@ -38,6 +39,7 @@ _JSONL_FILE = re.compile(r"^(.+)-metrics\.jsonl$")
 @dataclasses.dataclass(frozen=True)
 class TaskResult:
   """One task's metrics at one evaluation step (values as read: float, None or str)."""
+
   task: str
   step: int
   metrics: Mapping[str, Any]
@@ -45,11 +47,12 @@ class TaskResult:
 
 # ----------------------------------------------------------------------------- files
 
+
 def results_path(results_dir: str, task: str, step: int) -> str:
   return os.path.join(results_dir, task, f"step_{int(step)}.json")
 
 
-def _plain(value) -> Any:
+def json_value(value) -> Any:
   """A JSON-safe value: numbers as float (NaN → None), status objects as their text."""
   text = getattr(value, "textdata", None)
   if isinstance(value, str) or text is not None:
@@ -68,7 +71,7 @@ def write_results(results_dir: str, task: str, step: int, metrics: Mapping[str, 
   """Writes ``{task: metrics}`` to ``DIR/<task>/step_<N>.json`` and returns the path."""
   path = results_path(results_dir, task, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  payload = {task: {str(k): _plain(v) for k, v in metrics.items()}}
+  payload = {task: {str(k): json_value(v) for k, v in metrics.items()}}
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(payload, f, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False)
@@ -92,7 +95,9 @@ def _candidates(results_dir: str) -> dict[str, dict[int, Mapping[str, Any]]]:
         if match:
           payload = _read_json(os.path.join(path, file))
           if not isinstance(payload, dict) or not isinstance(payload.get(name), dict):
-            raise ValueError(f"{os.path.join(path, file)}: expected {{{name!r}: {{metric: value}}}}")
+            raise ValueError(
+                f"{os.path.join(path, file)}: expected {{{name!r}: {{metric: value}}}}"
+            )
           found.setdefault(name, {})[int(match.group(1))] = payload[name]
     elif _JSONL_FILE.match(name):
       task = _JSONL_FILE.match(name).group(1)
@@ -119,8 +124,10 @@ def load_results(results_dir: str, step: Optional[int] = None) -> dict[str, Task
 
 # ----------------------------------------------------------------------------- values
 
-def our_value(results: Mapping[str, TaskResult], task: str, metric: str
-              ) -> tuple[Optional[float], str]:
+
+def our_value(
+    results: Mapping[str, TaskResult], task: str, metric: str
+) -> tuple[Optional[float], str]:
   """(number or None, how to show it): a number, ``missing`` or ``not computed``."""
   result = results.get(task)
   if result is None or metric not in result.metrics:
@@ -149,17 +156,22 @@ def _status_of(result: TaskResult, metric: str) -> Optional[str]:
 
 # ----------------------------------------------------------------------------- Markdown
 
-def render_markdown(results: Mapping[str, TaskResult], *, chart: Optional[str] = None,
-                    results_dir: Optional[str] = None) -> str:
+
+def render_markdown(
+    results: Mapping[str, TaskResult],
+    *,
+    chart: Optional[str] = None,
+    results_dir: Optional[str] = None,
+) -> str:
   """The report: one table row per task and metric of the paper, then notes and extra metrics."""
   columns = paper_results.COLUMNS
   lines = [
       "# MultiMedBench results",
       "",
       "Our values (column *medpalm*) beside the paper's. All values are percentages. "
-      f"Paper values: {paper_results.SOURCE}. \"N/A\": the paper names no comparable prior SOTA; "
-      f"\"{MISSING}\": our results have no value for that task and metric; "
-      f"\"{NOT_COMPUTED}\": the metric ran without a value (reason under Notes).",
+      f'Paper values: {paper_results.SOURCE}. "N/A": the paper names no comparable prior SOTA; '
+      f'"{MISSING}": our results have no value for that task and metric; '
+      f'"{NOT_COMPUTED}": the metric ran without a value (reason under Notes).',
       "",
   ]
   if results_dir:
@@ -179,16 +191,23 @@ def render_markdown(results: Mapping[str, TaskResult], *, chart: Optional[str] =
         paper[-1] += f" {row.sota_reference}"
       step = str(result.step) if result else "–"
       name = paper_results.METRIC_NAMES[row.metric]
-      lines.append("| " + " | ".join(_cell(x) for x in [task, dataset, name, shown, step, *paper])
-                   + " |")
+      lines.append(
+          "| " + " | ".join(_cell(x) for x in [task, dataset, name, shown, step, *paper]) + " |"
+      )
       status = _status_of(result, row.metric) if result else None
       if status:
         notes.append(f"- `{task}` {name}: {_cell(status)}")
   if notes:
     lines += ["", "## Notes", ""] + notes
-  lines += ["", "## Other metrics", "",
-            "Values our evaluation reports beyond the paper's table (per-class figures, counts).",
-            "", "| Task | step | metrics |", "|---|---|---|"]
+  lines += [
+      "",
+      "## Other metrics",
+      "",
+      "Values our evaluation reports beyond the paper's table (per-class figures, counts).",
+      "",
+      "| Task | step | metrics |",
+      "|---|---|---|",
+  ]
   for task in list(paper_results.TASKS) + sorted(set(results) - set(paper_results.TASKS)):
     result = results.get(task)
     if result is None:
@@ -207,6 +226,7 @@ def render_markdown(results: Mapping[str, TaskResult], *, chart: Optional[str] =
 
 # ----------------------------------------------------------------------------- chart
 
+
 def render_chart(results: Mapping[str, TaskResult], path: str) -> str:
   """A horizontal bar chart (PNG): per task and metric, medpalm beside Med-PaLM M 12B/84B/562B.
   A metric without our value is labelled on the chart instead of drawn."""
@@ -216,7 +236,8 @@ def render_chart(results: Mapping[str, TaskResult], path: str) -> str:
   rows = paper_results.PAPER_RESULTS
   series = [("medpalm", "#d62728")] + [
       (paper_results.COLUMN_TITLES[c], color)
-      for c, color in zip(("mpm_12b", "mpm_84b", "mpm_562b"), ("#c6dbef", "#6baed6", "#2171b5"))]
+      for c, color in zip(("mpm_12b", "mpm_84b", "mpm_562b"), ("#c6dbef", "#6baed6", "#2171b5"))
+  ]
   height = 0.8 / len(series)
   figure = Figure(figsize=(10, 0.5 * len(rows) + 1.5))
   FigureCanvasAgg(figure)
@@ -230,15 +251,17 @@ def render_chart(results: Mapping[str, TaskResult], path: str) -> str:
         axes.barh(offset, value, height=height, color=color, label=label if y == 0 else None)
       elif k == 0:
         axes.text(1, offset, shown, va="center", fontsize=7, color=color)
-  labels = [f"{paper_results.TASKS[r.task][1]} · {paper_results.METRIC_NAMES[r.metric]}"
-            for r in rows]
+  labels = [
+      f"{paper_results.TASKS[r.task][1]} · {paper_results.METRIC_NAMES[r.metric]}" for r in rows
+  ]
   axes.set_yticks(range(len(rows)), labels, fontsize=8)
   axes.set_ylim(len(rows) - 0.5, -0.5)  # first task on top, no empty margin
   axes.set_xlim(0, 105)
   axes.set_xlabel("%")
   axes.set_title("MultiMedBench: medpalm vs Med-PaLM M (arXiv:2307.14334)", pad=28)
-  axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8,
-              frameon=False)
+  axes.legend(
+      loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8, frameon=False
+  )
   axes.grid(axis="x", alpha=0.3)
   figure.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -248,15 +271,24 @@ def render_chart(results: Mapping[str, TaskResult], path: str) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--results_dir", required=True,
-                      help="directory of <task>/step_<N>.json (or <task>-metrics.jsonl) files")
+  parser.add_argument(
+      "--results_dir",
+      required=True,
+      help="directory of <task>/step_<N>.json (or <task>-metrics.jsonl) files",
+  )
   parser.add_argument("--output", default="docs/RESULTS.md", help="Markdown file to write")
-  parser.add_argument("--chart", default=None,
-                      help="PNG chart to write (default: --output with .png)")
-  parser.add_argument("--step", type=int, default=None,
-                      help="evaluation step to report (default: each task's latest)")
+  parser.add_argument(
+      "--chart", default=None, help="PNG chart to write (default: --output with .png)"
+  )
+  parser.add_argument(
+      "--step",
+      type=int,
+      default=None,
+      help="evaluation step to report (default: each task's latest)",
+  )
   args = parser.parse_args(argv)
   results = load_results(args.results_dir, args.step)
   chart = args.chart or os.path.splitext(args.output)[0] + ".png"
@@ -267,8 +299,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   with open(args.output, "w", encoding="utf-8") as f:
     f.write(markdown)
   missing = [t for t in paper_results.TASKS if t not in results]
-  print(f"wrote {args.output} and {chart}: {len(results)} task(s) with results"
-        + (f"; missing: {', '.join(missing)}" if missing else ""))
+  print(
+      f"wrote {args.output} and {chart}: {len(results)} task(s) with results"
+      + (f"; missing: {', '.join(missing)}" if missing else "")
+  )
   return 0
 
 

@@ -6,6 +6,7 @@ Each process reads `batch_size / num_shards` examples per step from its shard (t
 and checkpoints its position with `tf.train.Checkpoint` (ENV_NOTES 13), so a resumed run sees
 exactly the examples an uninterrupted run would have seen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ class DatasetConfig:
   tf.data threads slow the demo's training step down 1.15-1.26x against 1.06-1.09x with one
   thread (`benchmarks/input_pipeline.py`).
   """
+
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
   split: str
@@ -47,8 +49,13 @@ class DatasetConfig:
   input_threads: int | None = None
 
 
-def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int, feature_converter_cls,
-                num_epochs: int | None = None) -> tf.data.Dataset:
+def get_dataset(
+    cfg: DatasetConfig,
+    shard_id: int,
+    num_shards: int,
+    feature_converter_cls,
+    num_epochs: int | None = None,
+) -> tf.data.Dataset:
   """This host's batches: dict of arrays with leading dim `cfg.batch_size // num_shards`.
 
   `num_epochs=None` repeats forever (training); the last partial batch is dropped.
@@ -56,19 +63,30 @@ def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int, feature_conv
   if cfg.module:
     importlib.import_module(cfg.module)
   if cfg.batch_size % num_shards:
-    raise ValueError(f"DatasetConfig.batch_size {cfg.batch_size} is not divisible by the "
-                     f"{num_shards} host shards")
+    raise ValueError(
+        f"DatasetConfig.batch_size {cfg.batch_size} is not divisible by the "
+        f"{num_shards} host shards"
+    )
   try:
     seqio.get_mixture_or_task(cfg.mixture_or_task_name)
   except ValueError as e:
-    raise ValueError(f"DatasetConfig.mixture_or_task_name {cfg.mixture_or_task_name!r} is not "
-                     f"registered (set DatasetConfig.module to the module that registers it, "
-                     f"e.g. 'tasks'): {e}") from None
+    raise ValueError(
+        f"DatasetConfig.mixture_or_task_name {cfg.mixture_or_task_name!r} is not "
+        f"registered (set DatasetConfig.module to the module that registers it, "
+        f"e.g. 'tasks'): {e}"
+    ) from None
   ds = seqio.get_dataset(
-      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-      feature_converter=feature_converter_cls(pack=cfg.pack), dataset_split=cfg.split,
-      use_cached=cfg.use_cached, shuffle=cfg.shuffle, num_epochs=num_epochs,
-      shard_info=seqio.ShardInfo(shard_id, num_shards), seed=cfg.seed, verbose=False)
+      cfg.mixture_or_task_name,
+      task_feature_lengths=dict(cfg.task_feature_lengths),
+      feature_converter=feature_converter_cls(pack=cfg.pack),
+      dataset_split=cfg.split,
+      use_cached=cfg.use_cached,
+      shuffle=cfg.shuffle,
+      num_epochs=num_epochs,
+      shard_info=seqio.ShardInfo(shard_id, num_shards),
+      seed=cfg.seed,
+      verbose=False,
+  )
   ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=True).prefetch(2)
   if cfg.input_threads is None:
     return ds

@@ -8,6 +8,7 @@ pinned stack, so `SummaryWriter` writes the same event files with TensorFlow's o
 `tf.summary.write` and the "scalars" plugin tag (what `tf.summary.scalar` writes). It has clu's
 `MetricWriter` method names (`write_scalars`, `flush`, `close`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,11 @@ class SummaryWriter:
     if jax.process_index() == 0:
       import tensorflow as tf
       from tensorflow.core.framework import summary_pb2
+
       self._tf = tf
       self._metadata = summary_pb2.SummaryMetadata(
-          plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+          plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+      )
       self._writer = tf.summary.create_file_writer(logdir)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -39,8 +42,12 @@ class SummaryWriter:
       return
     with self._writer.as_default():
       for name, value in scalars.items():
-        self._tf.summary.write(name, self._tf.constant(float(value), self._tf.float32),
-                               step=int(step), metadata=self._metadata)
+        self._tf.summary.write(
+            name,
+            self._tf.constant(float(value), self._tf.float32),
+            step=int(step),
+            metadata=self._metadata,
+        )
 
   def flush(self) -> None:
     if self._writer is not None:
@@ -82,7 +89,7 @@ def _duration(seconds: float) -> str:
 class TrainLogger:
   """Writes train metrics to `MODEL_DIR/train` and logs one line per period, e.g.
 
-      step 120/500 | loss 2.3451 | accuracy 41.20% | 3.10 steps/s | 49.6 examples/s | ETA 2m03s
+  step 120/500 | loss 2.3451 | accuracy 41.20% | 3.10 steps/s | 49.6 examples/s | ETA 2m03s
   """
 
   def __init__(self, model_dir: str, total_steps: int, batch_size: int, subdir: str = "train"):
@@ -111,8 +118,11 @@ class TrainLogger:
       line.append(f"loss {values['loss']:.4f}")
     if "accuracy" in values:
       line.append(f"accuracy {100 * values['accuracy']:.2f}%")
-    line += [f"{rate:.2f} steps/s", f"{rate * self.batch_size:.1f} examples/s",
-             f"ETA {_duration(eta)}"]
+    line += [
+        f"{rate:.2f} steps/s",
+        f"{rate * self.batch_size:.1f} examples/s",
+        f"ETA {_duration(eta)}",
+    ]
     if skipped:
       line.append(f"skipped {skipped}")
     if jax.process_index() == 0:

@@ -1,0 +1,196 @@
+"""Evaluation through `seqio.Evaluator`: decoded answers, rank classification, results as JSON.
+
+    results = evaluator.evaluate(model, params, "multimedbench_eval", split="test",
+                                 sequence_length={"inputs": 966, "targets": 256},
+                                 batch_size=8, output_dir="/tmp/run/eval", step=10000)
+    # then: python -m medpalm.evaluation.report --results_dir /tmp/run/eval --output RESULTS.md
+
+How model outputs reach the tasks' metric functions:
+
+* Generation metrics, ``fn(targets, predictions)``: `predict_fn` decodes every example with
+  `model.predict_batch_with_aux` (prompt removed, zero-padded); SeqIO decodes the tokens and
+  applies the task's postprocessor.
+* Score metrics, ``fn(targets, scores)``: for a rank-classified task
+  (`medpalm.features.task_info(name).rank_targets`), every class option, tokenized exactly as
+  the task tokenizes a target (the option text, then EOS), is scored after the example's prompt
+  with `model.score_batch` (`rank_classification.option_batch`: B·C rows per batch); the
+  example's score is float[C], option log-likelihoods in the task's class order. Other tasks
+  with score metrics get the log-likelihood of their own target (one float per example).
+
+Every step runs through the batch runner (`medpalm.evaluation.runner`): compiled by the run's
+partitioner (parameters in their mesh shardings), fed one padded batch at a time. Without a
+partitioner the evaluation runs on the default device.
+
+Results are written per task as ``<output_dir>/<result name>/step_<N>.json`` (the layout
+`medpalm.evaluation.report` reads); the result name is the task's `TaskInfo.result_name`.
+Multi-host: every process reads the whole evaluation set and feeds its rows of each batch;
+outputs are replicated, and only process 0 computes metrics and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import seqio
+
+from medpalm import features
+from medpalm.evaluation import rank_classification, report
+from medpalm.evaluation.runner import BatchRunner, single_device_partitioner
+from medpalm.partitioning import Partitioner
+
+logger = logging.getLogger("medpalm")
+
+
+def option_tokens(vocabulary: seqio.Vocabulary, targets: Sequence[str]) -> list[list[int]]:
+  """Token ids of each class option's target text, then EOS (how a task's targets end)."""
+  return [list(vocabulary.encode(t)) + [vocabulary.eos_id] for t in targets]
+
+
+def predict_fn(runner: BatchRunner, params, step) -> Callable:
+  """A SeqIO ``predict_fn(ds) -> [(index, tokens int[L])]`` from a compiled predict step."""
+
+  def predict(ds) -> list:
+    out = []
+    for indices, _, decodes in runner.map(ds, params, step):
+      out += [(int(i), row.tolist()) for i, row in zip(indices, decodes) if i >= 0]
+    return out
+
+  return predict
+
+
+def score_fn(
+    runner: BatchRunner, params, step, options_of: Callable[[Any], Optional[list]]
+) -> Callable:
+  """A SeqIO ``score_fn(ds) -> [(index, score)]`` from a compiled `score_batch` step.
+
+  ``options_of(ds)`` gives the option token lists of the task whose dataset ``ds`` is (None: not
+  rank-classified). With options, ``score`` is float[C]; without, the float log-likelihood of
+  the example's own target.
+  """
+
+  def score(ds) -> list:
+    options = options_of(ds)
+    prepare = (lambda b: rank_classification.option_batch(b, options)) if options else None
+    out = []
+    for indices, _, scores in runner.map(ds, params, step, prepare=prepare):
+      scores = np.asarray(scores, np.float64)
+      rows = scores.reshape(len(indices), -1) if options else scores
+      out += [(int(i), row.tolist()) for i, row in zip(indices, rows) if i >= 0]
+    return out
+
+  return score
+
+
+class Evaluator:
+  """The tasks of a mixture (or one task), their metrics and results files, for one model.
+
+  Args:
+    model: a `MedPalmMModel` (its vocabulary tokenizes the rank-classification options).
+    mixture_or_task_name: a registered SeqIO mixture or task.
+    split: the evaluation split; tasks without it are left out with a warning.
+    sequence_length: task feature lengths (None: the longest example sets each length).
+    batch_size: global examples per batch; rank classification scores batch_size × C rows.
+    partitioner: compiles every step (None: the default device).
+    params_axes: mesh PartitionSpecs of the params under `partitioner` (None: replicated).
+    output_dir: each task's metrics go to ``<output_dir>/<result name>/step_<step>.json``.
+    num_examples: the first N examples of each task (None: all).
+    decoder_params: passed to `predict_batch_with_aux` (e.g. {"max_decode_length": ...}).
+  """
+
+  def __init__(
+      self,
+      model,
+      mixture_or_task_name: str,
+      *,
+      split: str = "test",
+      sequence_length: Optional[Mapping[str, int]] = None,
+      batch_size: int = 8,
+      partitioner: Optional[Partitioner] = None,
+      params_axes: Any = None,
+      output_dir: Optional[str] = None,
+      num_examples: Optional[int] = None,
+      decoder_params: Optional[Mapping] = None,
+      seed: Optional[int] = None,
+      use_cached: bool = False,
+      evaluator_cls=seqio.Evaluator,
+  ):
+    self._evaluator = evaluator_cls(
+        mixture_or_task_name=mixture_or_task_name,
+        feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
+        eval_split=split,
+        sequence_length=dict(sequence_length) if sequence_length else None,
+        num_examples=num_examples,
+        shuffle=False,
+        seed=seed,
+        use_cached=use_cached,
+        async_compute_metrics=False,
+    )
+    self.names = {t.name: features.task_info(t.name).result_name for t in self.eval_tasks}
+    values = list(self.names.values())
+    clashes = sorted({n for n in values if values.count(n) > 1})
+    if clashes:
+      raise ValueError(
+          f"several evaluated tasks of {mixture_or_task_name!r} would write "
+          f"results as {clashes}: evaluate one registration of each task at a time"
+      )
+    self._model, self._output_dir = model, output_dir
+    self._runner = BatchRunner(partitioner or single_device_partitioner(), batch_size, params_axes)
+    decoder_params = dict(decoder_params or {})
+    self._predict = self._runner.compile(
+        lambda params, batch: model.predict_batch_with_aux(
+            params, batch, decoder_params=decoder_params
+        )[0]
+    )
+    self._score = self._runner.compile(model.score_batch)
+    self._options = {
+        t.name: option_tokens(model.output_vocabulary, targets)
+        for t in self.eval_tasks
+        if (targets := features.task_info(t.name).rank_targets)
+    }
+
+  @property
+  def eval_tasks(self) -> Sequence[seqio.Task]:
+    return self._evaluator.eval_tasks
+
+  def _options_of(self, ds) -> Optional[list]:
+    task_of = {id(d): name for name, d in self._evaluator.cached_model_datasets.items()}
+    if id(ds) not in task_of:
+      raise ValueError(
+          "score_fn was given a dataset that is not one of the evaluator's "
+          "cached task datasets; cannot tell which task's options to score"
+      )
+    return self._options.get(task_of[id(ds)])
+
+  def evaluate(self, params, step: int = 0) -> dict[str, dict[str, Any]]:
+    """{result name: {metric: value}} (values as the metric functions return them; NaN with a
+    ``<metric>_status`` sentence for "not computed"). Process 0 writes the results files."""
+    metrics, _ = self._evaluator.evaluate(
+        compute_metrics=jax.process_index() == 0,
+        step=step,
+        predict_fn=predict_fn(self._runner, params, self._predict),
+        score_fn=score_fn(self._runner, params, self._score, self._options_of),
+    )
+    if metrics is None:
+      return {}
+    results = {self.names[task]: values for task, values in metrics.result().items()}
+    for task, values in results.items():
+      if self._output_dir and jax.process_index() == 0:
+        report.write_results(self._output_dir, task, step, values)
+      logger.info("step %d eval %s: %s", step, task, values)
+    return results
+
+
+def evaluate(
+    model, params, mixture_or_task_name: str, *, step: int = 0, **kwargs
+) -> dict[str, dict[str, Any]]:
+  """Evaluates ``params`` on every task of a mixture (or one task); see `Evaluator`."""
+  evaluator = Evaluator(model, mixture_or_task_name, **kwargs)
+  if not evaluator.eval_tasks:
+    raise ValueError(
+        f"{mixture_or_task_name!r} has no task with split "
+        f"{kwargs.get('split', 'test')!r} and metrics"
+    )
+  return evaluator.evaluate(params, step)

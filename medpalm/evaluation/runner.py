@@ -1,0 +1,117 @@
+"""The one batch runner of evaluation and inference: padded batches through partitioned steps.
+
+Evaluation (`medpalm.evaluation.evaluator`), the driver's `--run_mode=eval` and `--run_mode=infer`
+all run a model function over every example of a dataset the same way:
+
+1. `padded_batches` streams fixed-size batches from an enumerated dataset of model features (one
+   batch in host memory at a time); the last batch is filled with copies of its first row at
+   index -1, so every batch has one shape and the step compiles once.
+2. `BatchRunner.compile` jits a `fn(params, batch)` through the run's `Partitioner`: parameters in
+   their mesh shardings, the batch split over the data axes, outputs replicated.
+3. `BatchRunner.run` cuts this process's rows out of the global batch (every process reads the
+   whole, small, evaluation set), assembles the global arrays and returns the outputs as numpy.
+
+A `prepare(batch) -> batch` hook may turn B examples into B·R rows on the host (rank
+classification: one row per class option, example-major); each process then feeds the R rows of
+each of its examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from medpalm.partitioning import Partitioner, PartitionedFn
+
+Batch = Mapping[str, np.ndarray]
+
+
+def padded_batches(ds, batch_size: int) -> Iterator[tuple[np.ndarray, dict]]:
+  """(indices int[B], batch {feature: array[B, ...]}) over a dataset of (index, example) pairs.
+
+  `ds` is anything with `as_numpy_iterator()` (a `tf.data.Dataset` after `.enumerate()`);
+  features whose name starts with "_" are dropped. Callers skip rows at index -1.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  chunk: list = []
+  for index, example in ds.as_numpy_iterator():
+    chunk.append((int(index), example))
+    if len(chunk) == batch_size:
+      yield _stack(chunk, batch_size)
+      chunk = []
+  if chunk:
+    yield _stack(chunk, batch_size)
+
+
+def _stack(chunk: Sequence, batch_size: int) -> tuple[np.ndarray, dict]:
+  indices = [i for i, _ in chunk] + [-1] * (batch_size - len(chunk))
+  examples = [ex for _, ex in chunk]
+  examples += [examples[0]] * (batch_size - len(examples))
+  names = [k for k in examples[0] if not k.startswith("_")]
+  return np.asarray(indices), {k: np.stack([ex[k] for ex in examples]) for k in names}
+
+
+def single_device_partitioner() -> Partitioner:
+  """A 1×1×1 mesh on the default device: what a caller without a partitioner runs on."""
+  return Partitioner(data=1, fsdp=1, model=1, devices=jax.devices()[:1])
+
+
+class BatchRunner:
+  """Runs partitioned `fn(params, batch)` steps over global batches of `batch_size` examples.
+
+  Args:
+    partitioner: the run's partitioner (mesh, rules, data layout).
+    batch_size: global examples per batch; must split over the mesh's data × fsdp shards.
+    params_axes: mesh PartitionSpecs mirroring the params (None: replicated).
+    validate: `validate(batch)` called on every global host batch before it reaches the devices
+      (the model's placeholder / image checks).
+  """
+
+  def __init__(
+      self,
+      partitioner: Partitioner,
+      batch_size: int,
+      params_axes: Any = None,
+      validate: Callable[[Batch], None] | None = None,
+  ):
+    self.partitioner, self.batch_size = partitioner, batch_size
+    self.params_axes = params_axes
+    self.validate = validate
+    self.layout = partitioner.get_data_layout(batch_size)
+
+  def compile(self, fn: Callable[[Any, Batch], Any]) -> PartitionedFn:
+    """`fn` jitted with the params' shardings, the batch split over the data axes."""
+    return self.partitioner.partition(
+        fn,
+        in_axis_resources=(self.params_axes, self.partitioner.data_partition_spec),
+        out_axis_resources=None,
+    )
+
+  def run(self, step: PartitionedFn, params, batch: Batch) -> Any:
+    """Outputs of `step` (numpy, every row) for a global host batch (every process passes the
+    same one; each feeds its own rows)."""
+    if self.validate is not None:
+      self.validate(batch)
+    rows = next(iter(batch.values())).shape[0]
+    if rows % self.layout.num_shards:
+      raise ValueError(
+          f"a batch of {rows} rows does not split over {self.layout.num_shards} " f"host shards"
+      )
+    local = rows // self.layout.num_shards
+    cut = slice(self.layout.shard_id * local, (self.layout.shard_id + 1) * local)
+    host = {k: np.asarray(v)[cut] for k, v in batch.items()}
+    out = step(params, self.partitioner.host_local_to_global(host))
+    return jax.tree.map(np.asarray, jax.device_get(out))
+
+  def map(
+      self, ds, params, step: PartitionedFn, prepare: Callable[[dict], dict] | None = None
+  ) -> Iterator[tuple[np.ndarray, dict, Any]]:
+    """(indices int[B], host batch, outputs) for every padded batch of `ds` (index -1: padding).
+
+    `prepare` turns the B-example batch into the rows `step` reads (e.g. B·C option rows).
+    """
+    for indices, batch in padded_batches(ds, self.batch_size):
+      yield indices, batch, self.run(step, params, prepare(batch) if prepare else batch)

@@ -1,0 +1,86 @@
+"""The model's feature converter: SeqIO task features -> the batches `MedPalmMModel` reads.
+
+Task features (per example): `inputs int32[I]`, `targets int32[T]`, `images uint8[N, H, W, 3]`,
+`image_mask bool[N]`. Model features (per batch, prefix-LM, never packed):
+`decoder_input_tokens / decoder_target_tokens / decoder_causal_attention / decoder_loss_weights
+int32[B, I + T]` and `images`, `image_mask` passed through.
+
+This module is what `tasks` depends on in medpalm (and nothing else): the tasks produce the
+features, the model owns the converter (T5X's `FEATURE_CONVERTER_CLS`). It imports SeqIO, hence
+TensorFlow; `medpalm.model` reaches it only when the converter is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import seqio
+
+IMAGE_FEATURES = {
+    "images": seqio.FeatureConverter.FeatureSpec(dtype=np.uint8, rank=4),  # [N, H, W, 3]
+    "image_mask": seqio.FeatureConverter.FeatureSpec(dtype=bool, rank=1),  # [N]
+}
+
+
+class MultimodalDecoderFeatureConverter(seqio.DecoderFeatureConverter):
+  """Prefix-LM `DecoderFeatureConverter` that passes `images` / `image_mask` through.
+
+  Constructible as T5X calls it (`FEATURE_CONVERTER_CLS(pack=False)`); packing is refused
+  because images cannot be packed.
+  """
+
+  def __init__(
+      self,
+      pack: bool = False,
+      use_custom_packing_ops: bool = False,
+      apply_length_check: bool = True,
+      bos_id: int = 0,
+      passthrough_features: Mapping[str, Any] | None = None,
+      loss_on_targets_only: bool = True,
+  ):
+    if pack:
+      raise ValueError("MedPalmM batches cannot be packed (images do not pack): use pack=False")
+    super().__init__(
+        pack=False,
+        use_custom_packing_ops=use_custom_packing_ops,
+        apply_length_check=apply_length_check,
+        bos_id=bos_id,
+        passthrough_features=dict(passthrough_features or IMAGE_FEATURES),
+        loss_on_targets_only=loss_on_targets_only,
+    )
+
+
+# --- what evaluation needs to know of a task ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """What medpalm's evaluation reads of a task beyond SeqIO's registry.
+
+  result_name: the name results are reported under (e.g. `multimedbench_<task>` whatever prefix
+    the task was registered with), so a test registration and the paper's tables line up.
+  rank_targets: for a rank-classified task, each class option written exactly as the task
+    writes a target (e.g. " Yes."), in the class order its score metrics expect; else None.
+  """
+
+  result_name: str
+  rank_targets: tuple[str, ...] | None = None
+
+
+_TASK_INFO: dict[str, TaskInfo] = {}
+
+
+def register_task_info(
+    task_name: str, *, result_name: str | None = None, rank_targets: Sequence[str] | None = None
+) -> None:
+  """Called by the module that registers the SeqIO task (`tasks`), beside the registration."""
+  _TASK_INFO[task_name] = TaskInfo(
+      result_name or task_name, tuple(rank_targets) if rank_targets else None
+  )
+
+
+def task_info(task_name: str) -> TaskInfo:
+  """The registered TaskInfo, or the task's own name and no rank classification."""
+  return _TASK_INFO.get(task_name, TaskInfo(task_name))
