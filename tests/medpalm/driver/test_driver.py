@@ -13,10 +13,11 @@ import seqio
 
 from medpalm.driver import checkpoints, main, trainer as trainer_lib
 from medpalm import partitioning
-from medpalm.model import MedPalmMModel, adafactor
+from medpalm.model import MedPalmMModel
+from medpalm.optimizers import adafactor
 from medpalm.models.medpalm_m import MedPalmM
 from medpalm.models import configs
-from tests import driver_setup
+from tests.support import driver as driver_setup
 
 
 def run_main(argv):
@@ -77,7 +78,7 @@ def test_eval_and_infer_modes_read_a_checkpoint(trained, tmp_path):
       f"--gin_file={gin_dir}/models/medpalm_m_tiny.gin",
       f"--gin_file={gin_dir}/partitioning/cpu_test.gin",
       "--gin_bindings=" + driver_setup.GIN_HEADER + "\n".join(driver_setup.BINDINGS[:5]),
-      "--gin.MIXTURE_OR_TASK_MODULE='tests.driver_setup'",
+      "--gin.MIXTURE_OR_TASK_MODULE='tests.support.driver'",
       f"--gin.TASK_FEATURE_LENGTHS={driver_setup.LENGTHS}",
       "--gin.BATCH_SIZE=8",
       f"--gin.CHECKPOINT_PATH='{trained}'",

@@ -12,8 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests import driver_setup
-from tests.test_driver import read_scalars, run_main
+from tests.support import driver as driver_setup
+from tests.medpalm.driver.test_driver import read_scalars, run_main
 
 
 def load_state(step_dir):

@@ -1,7 +1,7 @@
 """The evaluation report: results files → Markdown beside the paper's table, and a PNG chart."""
 
 import json
-import os
+import pathlib
 import subprocess
 import sys
 
@@ -12,7 +12,7 @@ from medpalm.evaluation import paper_results
 from medpalm.evaluation import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])
 
 
 def synthetic_results(seed=0):

@@ -12,7 +12,7 @@ import pytest
 from medpalm.driver import main, trainer as trainer_lib
 from medpalm.model import MedPalmMModel
 from medpalm.partitioning import Partitioner
-from tests import driver_setup
+from tests.support import driver as driver_setup
 
 GIN_DIR = os.path.join(driver_setup.REPO, "gin_configs")
 FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from medpalm.driver import main
-from tests.driver_setup import REPO
+from tests.support.driver import REPO
 
 GIN = "--gin_file=gin_configs/experiments/multimedbench_12b.gin"
 MODEL_DIR = "--gin.MODEL_DIR='gs://bucket/run'"

@@ -12,7 +12,7 @@ from medpalm import convert
 from medpalm.models.configs import MedPalmMConfig
 from medpalm.model import MedPalmMModel
 from medpalm.models.medpalm_m import MedPalmM
-from tests.test_oracle import TEXT, VISION, _images, _pixel_values, _save
+from tests.medpalm.test_convert_oracle import TEXT, VISION, _images, _pixel_values, _save
 
 pytestmark = pytest.mark.oracle
 EOS, NEW_TOKENS = 1, 8

@@ -19,7 +19,7 @@ IMAGE_TOKEN = 1023
 IMAGE_SIZE = 28
 NUM_IMAGE_TOKENS = 4
 LENGTHS = {"inputs": 8, "targets": 2, "images": 1, "image_mask": 1}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _records(n: int, seed: int) -> dict:
@@ -80,7 +80,7 @@ BINDINGS = [
     "seqio.PassThroughVocabulary.eos_id = 1",
     f"IMAGE_SIZE = {IMAGE_SIZE}",
     f"MIXTURE_OR_TASK_NAME = '{TASK}'",
-    "MIXTURE_OR_TASK_MODULE = 'tests.driver_setup'",
+    "MIXTURE_OR_TASK_MODULE = 'tests.support.driver'",
     f"TASK_FEATURE_LENGTHS = {LENGTHS}",
     "BATCH_SIZE = 8",
     "LEARNING_RATE = 1e-2",

@@ -7,8 +7,8 @@ import pytest
 import seqio
 
 from tasks import demo_data, multimedbench, prepare
-from tests import tasks_env as env_lib
-from tests.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
+from tests.support import tasks_env as env_lib
+from tests.support.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from medpalm import losses, optimizers
 from medpalm.model import MedPalmMModel
-from tests.decoding_setup import make_model, prompt_batch, small_config
+from tests.support.decoding import make_model, prompt_batch, small_config
 
 # T5X's DecoderOnlyModel surface: method -> parameter names in order.
 CONTRACT = {

@@ -11,7 +11,7 @@ import pytest
 from tasks import images
 from tasks.readers import medmcqa, medqa, precisionfda, pubmedqa, slake, tfrecord, vqa_rad
 
-SHARED = pathlib.Path(__file__).parents[2] / "shared" / "data"
+SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present")
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests import driver_setup
+from tests.support import driver as driver_setup
 
 
 @pytest.mark.slow

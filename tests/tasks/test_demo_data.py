@@ -10,7 +10,7 @@ import pytest
 
 from tasks import demo_data, images, readers
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 OFFICIAL_FILES = {
     "medqa": [

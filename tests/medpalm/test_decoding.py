@@ -9,7 +9,7 @@ import pytest
 
 from medpalm import decoding, partitioning
 from medpalm.models.medpalm_m import MedPalmM
-from tests.decoding_setup import EOS, make_model, prompt_batch, small_config
+from tests.support.decoding import EOS, make_model, prompt_batch, small_config
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from medpalm.model import MedPalmMModel
 from medpalm.models import medpalm_m
 from medpalm.models.medpalm_m import MedPalmM
 from tasks import features, metrics, multimedbench, postprocessors, prepare
-from tests import tasks_env as env_lib
+from tests.support import tasks_env as env_lib
 
 PREFIX = "mmbeval"
 IMAGE_SIZE = 28  # the tiny ViT's 14-pixel patches: 2 × 2 = 4 image tokens

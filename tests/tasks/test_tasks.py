@@ -8,8 +8,8 @@ import tensorflow as tf
 import tasks
 from tasks import features, multimedbench, preprocessors, prepare, prompts, readers, vocab
 from tasks.prompts import Role
-from tests import tasks_env as env_lib
-from tests.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
+from tests.support import tasks_env as env_lib
+from tests.support.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
 
 @pytest.fixture(scope="module")

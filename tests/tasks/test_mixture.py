@@ -7,8 +7,8 @@ import pytest
 import seqio
 
 from tasks import multimedbench
-from tests import tasks_env as env_lib
-from tests.tasks_env import LONG, PREFIX
+from tests.support import tasks_env as env_lib
+from tests.support.tasks_env import LONG, PREFIX
 
 # DESIGN.md §5 / the paper's Table A.1, in percent. CBIS-DDSM's 1.56 % is split by the paper's
 # training sizes: mass 1,318, calcification 1,544.
