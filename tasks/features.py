@@ -19,7 +19,7 @@ The paper's limits are 710 input tokens and 256 output tokens; we read the 710 a
 reserve NUM_IMAGE_TOKENS = 256 more for the image (224/14 = 16 → 16×16 patches), hence 966. Text-only
 tasks get the same 710 text tokens, so every task sees the paper's text budget.
 
-Images survive only without packing (ENV_NOTES 8): `feature_converter()` refuses pack=True.
+Images survive only without packing (SeqIO's packing drops non-token features): `feature_converter()` refuses pack=True.
 """
 
 from __future__ import annotations

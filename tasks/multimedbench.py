@@ -2,7 +2,7 @@
 ``multimedbench_demo``.
 
 Per task: source → prompt preprocessor (tokenize, budget, image placeholders) → append EOS. The
-source is resumable (ENV_NOTES 13: no Python generator anywhere): an in-memory table of rendered
+source is resumable (no Python generator anywhere: tf.data cannot checkpoint one): an in-memory table of rendered
 query segments (one row per example) read by index, joined for image tasks with the prepared image
 shards (tasks.prepare):
 
@@ -472,7 +472,7 @@ def augmented(ds: tf.data.Dataset, fn, seed: int) -> tf.data.Dataset:
   epochs when the source order does (shuffled shards), and stays the same for a dataset held in
   one shard. Per-epoch re-randomisation (``rerandomize_each_iteration``, or a reshuffle before
   the seeds) was measured not to restore exactly from an iterator checkpoint across epoch
-  boundaries, so it is not used: resuming reproduces the same images (ENV_NOTES 13).
+  boundaries, so it is not used: resuming reproduces the same images.
   The augmentation runs in a ``stateful=False`` tf.numpy_function: it is pure in (image, s),
   and tf.train.Checkpoint saves iterators through it without any external-state option.
   """

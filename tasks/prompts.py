@@ -23,7 +23,7 @@ their own lines, which is what we do):
 PubMedQA's prompt is not given in the paper; ours reuses the QA format with the abstract as a
 CONTEXT segment and its own instruction (below). CBIS-DDSM has no instruction line in the paper's
 example, so none is used. The paper's VQA examples show question-type suffixes such as
-"(closed domain)"; the issue's template does not, so none are appended.
+"(closed domain)"; the templates here do not, so none are appended.
 """
 
 from __future__ import annotations

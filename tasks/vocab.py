@@ -185,7 +185,7 @@ def train_sentencepiece(
   Ids follow seqio: pad 0, eos 1, unk 2, no bos. Lossless settings (identity normalisation, no
   dummy prefix, whitespace kept, byte fallback, digits split) make ``decode(encode(s)) == s``
   for any string and segment-wise tokenization concatenate exactly. ``hard_vocab_limit=False``
-  lets a small corpus yield fewer pieces than asked rather than fail (ENV_NOTES 11); ``<img>``
+  lets a small corpus yield fewer pieces than asked rather than fail (SentencePiece's trainer otherwise shrinks it); ``<img>``
   is one user-defined piece so that exemplar placeholders cost one token.
   """
   import sentencepiece as spm  # local: training is rare

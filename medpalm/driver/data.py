@@ -3,7 +3,8 @@
 `DatasetConfig` has T5X's `utils.DatasetConfig` fields (gin: `data.DatasetConfig.batch_size`).
 Each process reads `batch_size / num_shards` examples per step from its shard (the partitioner's
 `DataLayout`); `BatchIterator` assembles the global batch (`jax.make_array_from_process_local_data`)
-and checkpoints its position with `tf.train.Checkpoint` (ENV_NOTES 13), so a resumed run sees
+and checkpoints its position with `tf.train.Checkpoint` (it restores shuffle, repeat and mixture
+sampling exactly as long as the pipeline holds no Python generator), so a resumed run sees
 exactly the examples an uninterrupted run would have seen.
 """
 

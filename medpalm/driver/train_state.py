@@ -41,7 +41,7 @@ class TrainState:
     """The same tree with PartitionSpecs of logical names at the leaves.
 
     `params_axes` mirrors `params` with logical PartitionSpecs (see `param_specs`); optimizer
-    state follows `optimizer_def.derive_logical_axes` (ENV_NOTES 3: factored statistics are not
+    state follows `optimizer_def.derive_logical_axes` (factored statistics are not
     param-shaped and are replicated).
     """
     return self.replace(

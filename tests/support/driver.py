@@ -3,7 +3,7 @@
 `toy_images`: the prompt holds 4 image placeholders (28-pixel images, tiny model) and the target
 says on which side of the image a bright square is (id 10 = left, 11 = right): learnable only
 from the image. Records live in memory (`from_tensor_slices`), so the input pipeline is
-checkpointable (ENV_NOTES 13). Importing this module registers the task.
+checkpointable (no Python generator). Importing this module registers the task.
 """
 
 import os

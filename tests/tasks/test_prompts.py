@@ -1,7 +1,7 @@
 """Golden prompts: for a hand-made record per task, the rendered prompt equals the paper's text.
 
 The expected strings are typed out here (not produced by tasks.prompts) from the paper's Tables
-A.9–A.13 as quoted in issue 4, with our whitespace convention (tasks/prompts.py docstring).
+A.9–A.13 of the paper, with our whitespace convention (tasks/prompts.py docstring).
 """
 
 import pytest

@@ -1,5 +1,5 @@
 """Readers on synthetic fixtures in the official formats (tasks/demo_data.py): schemas, splits,
-selection rules, environment resolution and the bad-input cases of issue 4."""
+selection rules, environment resolution and the bad-input cases."""
 
 import gzip
 import json

@@ -291,7 +291,7 @@ def test_missing_dataset_names_the_directory(env, tmp_path):
 
 
 def test_image_task_iterator_resumes_exactly(env, tmp_path):
-  """tf.data iterator checkpoints restore the pipeline (ENV_NOTES 13): no Python generator."""
+  """tf.data iterator checkpoints restore the pipeline: no Python generator."""
   task = seqio.get_mixture_or_task(env.name("mimic_cxr_classification"))
   ds = task.get_dataset(LONG, split="train", shuffle=True, seed=3, num_epochs=None)
   it = iter(ds.map(lambda ex: ex["id"]))
