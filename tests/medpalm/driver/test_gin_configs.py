@@ -19,7 +19,7 @@ FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))
 EXPECTED = {
     f"{d}/{n}.gin"
     for d, names in {
-        "models": ["medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
+        "models": ["medpalm_m_base", "medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
         "runs": ["train", "eval", "infer"],
         "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
         "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],
@@ -49,9 +49,12 @@ def test_gin_file_parses_and_starts_with_its_command(path):
   header = open(path).read().split("from __gin__")[0].split("include")[0]
   assert header.startswith("# ") and "python -m medpalm." in header, path
   files = [path]
+  bindings = list(REQUIRED)
   if "/runs/" in path:  # a run file needs a model
     files.insert(0, os.path.join(GIN_DIR, "models", "medpalm_m_tiny.gin"))
-  _parse(files, REQUIRED)
+  if path.endswith("medpalm_m_base.gin"):  # the size files set it
+    bindings.append("CONFIG_NAME = 'tiny'")
+  _parse(files, bindings)
   gin.clear_config()
 
 
