@@ -15,6 +15,7 @@ weighted per-token cross-entropies of the batch; a number divides that sum by it
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable, Mapping
 
 import clu.metrics as clu_metrics
@@ -289,14 +290,15 @@ class MedPalmMModel:
 
 
 def _register_with_t5x() -> None:
-  """Registers MedPalmMModel as a t5x BaseTransformerModel when t5x is importable."""
-  import importlib.util
+  """Registers MedPalmMModel as a t5x BaseTransformerModel when T5X is already imported.
 
-  if importlib.util.find_spec("t5x") is None:
-    return
-  from t5x import models as t5x_models  # pragma: no cover - t5x is not on PyPI
-
-  t5x_models.BaseTransformerModel.register(MedPalmMModel)  # pragma: no cover
+  T5X's binaries import `t5x.models` before gin reaches this module, so the registration happens
+  exactly where T5X drives medpalm; importing T5X here ourselves would pull SeqIO and TensorFlow
+  into every `import medpalm.model`.
+  """
+  t5x_models = sys.modules.get("t5x.models")
+  if t5x_models is not None:
+    t5x_models.BaseTransformerModel.register(MedPalmMModel)
 
 
 _register_with_t5x()

@@ -9,5 +9,15 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402  (must come after the environment above)
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def tasks_env(tmp_path_factory):
+  """The 14 MultiMedBench tasks registered under ``mmbtest`` on demo data, a small SentencePiece
+  model and prepared 16-pixel images (tests/support/tasks_env.py), built once per session."""
+  from tests.support import tasks_env as env_lib  # pylint: disable=g-import-not-at-top
+
+  return env_lib.build(tmp_path_factory)

@@ -1,6 +1,7 @@
 """Shared set-up of the task tests: demo datasets (tasks.demo_data), prepared images, a small
 SentencePiece model, and the 14 tasks registered under the prefix ``mmbtest`` with a short image
-(16×16) and 4 image tokens so the whole task suite runs in seconds. Built once per process.
+(16×16) and 4 image tokens so the whole task suite runs in seconds. The session fixture
+`tasks_env` (tests/conftest.py) builds it once per test session.
 """
 
 import dataclasses
@@ -13,8 +14,6 @@ NUM_IMAGE_TOKENS = 4
 IMAGE_SIZE = 16
 LONG = {"inputs": 4096, "targets": 512, "images": 1, "image_mask": 1}  # no budgeting needed
 
-_ENV = None
-
 
 @dataclasses.dataclass
 class TasksEnv:
@@ -26,28 +25,25 @@ class TasksEnv:
     return f"{PREFIX}_{task}"
 
 
-def tasks_env(tmp_path_factory) -> TasksEnv:
-  global _ENV
-  if _ENV is None:
-    base = tmp_path_factory.mktemp("mmb")
-    root = base / "data"
-    demo_data.write_all(root, num_examples=4, seed=0)
-    prepared = base / "prepared"
-    prepare.prepare(
-        data_dir=str(root), prepared_dir=str(prepared), image_size=IMAGE_SIZE, progress_bar=False
-    )
-    model = vocab.train_sentencepiece(
-        base / "spm" / "test", vocab.corpus_from_data(root), vocab_size=1000
-    )
-    vocabulary = vocab.MedPalmVocabulary(model)
-    multimedbench.register_all(
-        prefix=PREFIX,
-        vocabulary=vocabulary,
-        num_image_tokens=NUM_IMAGE_TOKENS,
-        image_size=IMAGE_SIZE,
-        data_dir=str(root),
-        prepared_dir=str(prepared),
-        shuffle_buffer_size=64,
-    )
-    _ENV = TasksEnv(root, prepared, vocabulary)
-  return _ENV
+def build(tmp_path_factory) -> TasksEnv:
+  base = tmp_path_factory.mktemp("mmb")
+  root = base / "data"
+  demo_data.write_all(root, num_examples=4, seed=0)
+  prepared = base / "prepared"
+  prepare.prepare(
+      data_dir=str(root), prepared_dir=str(prepared), image_size=IMAGE_SIZE, progress_bar=False
+  )
+  model = vocab.train_sentencepiece(
+      base / "spm" / "test", vocab.corpus_from_data(root), vocab_size=1000
+  )
+  vocabulary = vocab.MedPalmVocabulary(model)
+  multimedbench.register_all(
+      prefix=PREFIX,
+      vocabulary=vocabulary,
+      num_image_tokens=NUM_IMAGE_TOKENS,
+      image_size=IMAGE_SIZE,
+      data_dir=str(root),
+      prepared_dir=str(prepared),
+      shuffle_buffer_size=64,
+  )
+  return TasksEnv(root, prepared, vocabulary)

@@ -7,7 +7,6 @@ import pytest
 import seqio
 
 from tasks import multimedbench
-from tests.support import tasks_env as env_lib
 from tests.support.tasks_env import LONG, PREFIX
 
 # DESIGN.md §5 / the paper's Table A.1, in percent. CBIS-DDSM's 1.56 % is split by the paper's
@@ -30,8 +29,8 @@ PAPER = {
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return env_lib.tasks_env(tmp_path_factory)
+def env(tasks_env):
+  return tasks_env
 
 
 def test_registered_rates_are_the_papers():

@@ -8,13 +8,12 @@ import tensorflow as tf
 import tasks
 from tasks import features, multimedbench, preprocessors, prepare, prompts, readers, vocab
 from tasks.prompts import Role
-from tests.support import tasks_env as env_lib
 from tests.support.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return env_lib.tasks_env(tmp_path_factory)
+def env(tasks_env):
+  return tasks_env
 
 
 # ------------------------------------------------------------------------------------- vocab

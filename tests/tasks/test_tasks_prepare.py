@@ -7,7 +7,6 @@ import pytest
 import seqio
 
 from tasks import demo_data, multimedbench, prepare
-from tests.support import tasks_env as env_lib
 from tests.support.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
 
@@ -66,7 +65,7 @@ def test_prepare_writes_shards_and_is_restartable(vqa_rad, monkeypatch, capsys):
   assert not (train / (last + ".tmp")).exists()
 
 
-def test_bad_image_raises_or_is_skipped_with_its_records(vqa_rad, tmp_path_factory):
+def test_bad_image_raises_or_is_skipped_with_its_records(vqa_rad, tmp_path_factory, tasks_env):
   data, out = vqa_rad
   image = sorted((data / "vqa_rad" / "images").iterdir())[0]
   image.write_bytes(image.read_bytes()[:40])  # truncated
@@ -96,7 +95,7 @@ def test_bad_image_raises_or_is_skipped_with_its_records(vqa_rad, tmp_path_facto
   assert sum(m["failed_images"] for m in result["vqa_rad"].values()) >= 1
 
   # The task reads what was prepared: every kept record, each with its image.
-  env = env_lib.tasks_env(tmp_path_factory)
+  env = tasks_env
   cfg = multimedbench.TaskConfig(
       task="vqa_rad",
       name="mmbtest_skip_vqa_rad",

@@ -19,7 +19,13 @@ FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))
 EXPECTED = {
     f"{d}/{n}.gin"
     for d, names in {
-        "models": ["medpalm_m_base", "medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
+        "models": [
+            "medpalm_m_base",
+            "medpalm_m_tiny",
+            "medpalm_m_12b",
+            "medpalm_m_84b",
+            "medpalm_m_562b",
+        ],
         "runs": ["train", "eval", "infer"],
         "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
         "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],

@@ -13,11 +13,13 @@ import seqio
 
 from medpalm.models import configs
 from medpalm.evaluation import evaluator as evaluation, paper_results, report
+from medpalm import features as medpalm_features
+from medpalm.evaluation.runner import BatchRunner
 from medpalm.model import MedPalmMModel
+from medpalm.partitioning import Partitioner
 from medpalm.models import medpalm_m
 from medpalm.models.medpalm_m import MedPalmM
 from tasks import features, metrics, multimedbench, postprocessors, prepare
-from tests.support import tasks_env as env_lib
 
 PREFIX = "mmbeval"
 IMAGE_SIZE = 28  # the tiny ViT's 14-pixel patches: 2 × 2 = 4 image tokens
@@ -26,10 +28,10 @@ STEP = 7
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tasks_env):
   """The test data at 28 px, the 14 tasks under ``mmbeval``, and a randomly initialised tiny
   model sized to the test vocabulary."""
-  env = env_lib.tasks_env(tmp_path_factory)
+  env = tasks_env
   prepare.prepare(
       data_dir=str(env.root),
       prepared_dir=str(env.prepared),
@@ -49,7 +51,9 @@ def setup(tmp_path_factory):
   assert config.num_image_tokens == 4
   model = MedPalmMModel(MedPalmM(config), env.vocabulary)
   params = nn.meta.unbox(medpalm_m.init(config, jax.random.key(0)))["params"]
-  return env, model, params, jax.jit(model.score_batch)  # one jit: shapes compile once
+  # A 2×2×2 mesh of the 8 test devices: scoring runs partitioned, as in the driver.
+  runner = BatchRunner(Partitioner(2, 2, 2), batch_size=8)
+  return env, model, params, runner
 
 
 def _num_test_examples(name):
@@ -160,7 +164,7 @@ def test_plain_score_batch_scores_are_reported_not_computed():
 def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
   """The option scored for the gold class is token for token the task's target: its rank
   log-likelihood equals score_batch of the example itself (prompt, offsets, EOS all agree)."""
-  env, model, params, score = setup
+  env, model, params, runner = setup
   name = f"{PREFIX}_{task}"
   classes = multimedbench.rank_options(name)
   examples = _test_examples(name)
@@ -171,9 +175,12 @@ def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
       shuffle=False,
       feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
   ).enumerate()
-  tokens = evaluation.option_tokens(env.vocabulary, classes)
-  ranked = evaluation.make_score_fn(model, params, 8, lambda _: tokens, score_batch=score)(ds)
-  plain = evaluation.make_score_fn(model, params, 8, lambda _: None, score_batch=score)(ds)
+  targets = medpalm_features.task_info(name).rank_targets
+  assert [postprocessors.normalize(t) for t in targets] == list(classes)
+  tokens = evaluation.option_tokens(env.vocabulary, targets)
+  score = runner.compile(model.score_batch)
+  ranked = evaluation.score_fn(runner, params, score, lambda _: tokens)(ds)
+  plain = evaluation.score_fn(runner, params, score, lambda _: None)(ds)
   assert [i for i, _ in ranked] == [i for i, _ in plain] == list(range(len(examples)))
   for (_, options), (_, own), ex in zip(ranked, plain, examples):
     assert len(options) == len(classes) and all(np.isfinite(options))
@@ -186,7 +193,7 @@ def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
 
 
 def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
-  _, model, params, score = setup
+  _, model, params, runner = setup
   results_dir = str(tmp_path / "results")
   results = evaluation.evaluate(
       model,
@@ -197,7 +204,7 @@ def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
       batch_size=8,
       output_dir=results_dir,
       step=STEP,
-      score_batch=score,
+      partitioner=runner.partitioner,
   )
   assert set(results) == set(paper_results.TASKS)
   for task, values in results.items():
