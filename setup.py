@@ -43,6 +43,13 @@ setuptools.setup(
         # Compile-only TPU topologies on a CPU host (AOT memory/FLOP plans); what jax[tpu]==0.10.2 pins.
         "tpu": ["libtpu==0.0.42.1"],
         # Numerical oracles: transformers' reference implementations, CPU torch only.
-        "test": ["pytest>=9", "dill", "torch==2.13.0", "transformers>=5.24,<6"],
+        "test": [
+            "pytest>=9",
+            "dill",
+            "torch==2.13.0",
+            "transformers>=5.24,<6",
+            "pyink==26.5.1",
+            "ruff==0.17.5",
+        ],
     },
 )

@@ -101,9 +101,19 @@ def make_mesh(
     if shape[0] % dcn_data:
       raise ValueError(f"mesh data={shape[0]} does not split over dcn_data={dcn_data} slices")
     ici = (shape[0] // dcn_data, *shape[1:])
-    grid = mesh_utils.create_hybrid_device_mesh(
-        ici, (dcn_data, 1, 1), devices, allow_split_physical_axes=True
-    )
+    try:  # slices are TPU slices, or processes where devices carry no slice (GPU hosts)
+      grid = mesh_utils.create_hybrid_device_mesh(
+          ici,
+          (dcn_data, 1, 1),
+          devices,
+          allow_split_physical_axes=True,
+          process_is_granule=not hasattr(devices[0], "slice_index"),
+      )
+    except ValueError as e:
+      raise ValueError(
+          f"mesh data={shape[0]} with dcn_data={dcn_data}: the {len(devices)} devices do not "
+          f"form {dcn_data} slices ({e})"
+      ) from None
   elif devices[0].platform in ("tpu", "gpu"):
     grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   else:

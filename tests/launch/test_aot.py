@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from launch import aot_compile, topologies
+from medpalm import partitioning
+from medpalm.driver import trainer as trainer_lib
 from medpalm.models import configs
 
 pytestmark = pytest.mark.tpu_backend
@@ -74,7 +76,7 @@ def test_tiny_train_step_compiles_and_argument_memory_is_our_shards(tiny, topolo
 
   # The parameters + optimizer state (the bulk) are really split four ways: a replicated
   # layout would hold about 4x the bytes of the largest kernels on every chip.
-  state = jax.tree.leaves((args[0], args[1]))
+  state = jax.tree.leaves(args[0])  # the TrainState: step, params, optimizer state, skipped
   state_layouts = layouts[: len(state)]
   sharded = sum(_shard_bytes(a, l) for a, l in zip(state, state_layouts))
   whole = sum(
@@ -89,7 +91,7 @@ def test_tiny_train_step_compiles_and_argument_memory_is_our_shards(tiny, topolo
       for a, l in zip(state, state_layouts)
   )
   assert sharded < 0.5 * whole
-  embedding = args[0]["decoder"]["embedding"]
+  embedding = args[0].params["decoder"]["embedding"]
   assert embedding.sharding.shard_shape(embedding.shape) == (512, 32)  # [vocab/model, embed/fsdp]
 
 
@@ -181,3 +183,55 @@ def test_bad_mesh_and_batch_are_refused(tiny):
         targets_length=8,
         mesh_sizes=MESH,
     )
+
+
+def test_the_compiled_train_step_is_the_trainers(tiny):
+  """AOT compiles the program training runs: the trainer's `make_train_step`, lowered with the
+  trainer's shardings and donation, gives the same StableHLO text as the trainer's own jit."""
+  plan = aot_compile.make_plan(
+      tiny,
+      topologies.get_topology("v5e:2x2"),
+      batch_size=8,
+      inputs_length=264,
+      targets_length=8,
+      mesh_sizes=MESH,
+  )
+  fn, args, out_shardings, donate = aot_compile.train_step_args(plan)
+  assert fn is plan.trainer.step_fn
+  assert fn.__code__ is trainer_lib.make_train_step(plan.trainer.model).__code__
+  with partitioning.using(plan.mesh, plan.rules):
+    ours = jax.jit(
+        fn,
+        in_shardings=aot_compile._shardings(args),
+        out_shardings=out_shardings,
+        donate_argnums=donate,
+    ).lower(*args)
+  theirs = plan.trainer.lower_train_step(args[0], args[1])
+  assert ours.as_text() == theirs.as_text()
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1", "v5e:4x4"])
+def test_driver_and_aot_put_the_same_devices_at_the_same_coordinates(tiny, topology):
+  """The memory plans assume the device order training uses: both build their mesh with
+  `partitioning.make_mesh`, which lays TPU devices on the physical torus."""
+  topology = topologies.get_topology(topology)
+  devices = topologies.tpu_devices(topology)
+  sizes = {"data": 1, "fsdp": -1, "model": 2}
+  driver = partitioning.Partitioner(**sizes, devices=devices).mesh
+  plan = aot_compile.make_plan(
+      tiny,
+      topology,
+      batch_size=len(devices),
+      inputs_length=264,
+      targets_length=8,
+      mesh_sizes=sizes,
+  )
+  ids = lambda mesh: np.vectorize(lambda d: d.id)(mesh.devices)
+  np.testing.assert_array_equal(ids(driver), ids(plan.mesh))
+  assert driver.axis_names == plan.mesh.axis_names == partitioning.MESH_AXES
+  from jax.experimental import mesh_utils
+
+  physical = mesh_utils.create_device_mesh(
+      driver.devices.shape, devices, allow_split_physical_axes=True
+  )
+  np.testing.assert_array_equal(ids(driver), np.vectorize(lambda d: d.id)(physical))

@@ -81,3 +81,21 @@ def test_sharded_init_matches_unsharded_and_is_really_split():
     got = jax.jit(MedPalmM(config).apply)(variables, **batch)
   assert got.sharding.spec[0] == ("data", "fsdp")
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_the_driver_mesh_is_make_mesh_over_all_devices_in_order():
+  """On devices without a physical topology (the fake CPU devices) the one mesh builder keeps
+  their order; the partitioner of the driver uses it (AOT: tests/launch/test_aot.py)."""
+  mesh = partitioning.Partitioner(data=2, fsdp=-1, model=2).mesh
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "model": 2}
+  ids = np.vectorize(lambda d: d.id)
+  np.testing.assert_array_equal(ids(mesh.devices), ids(partitioning.make_mesh(2, 2, 2).devices))
+  np.testing.assert_array_equal(ids(mesh.devices).ravel(), [d.id for d in jax.devices()])
+
+
+def test_multi_slice_mesh_needs_that_many_slices():
+  """dcn_data spans slices (or processes); one process of fake CPU devices is one slice."""
+  with pytest.raises(ValueError, match="do not form 2 slices"):
+    partitioning.make_mesh(data=2, fsdp=2, model=2, dcn_data=2)
+  with pytest.raises(ValueError, match="does not split over dcn_data=4"):
+    partitioning.make_mesh(data=2, fsdp=2, model=2, dcn_data=4)
