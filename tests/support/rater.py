@@ -121,7 +121,9 @@ def create(root: pathlib.Path, **kwargs) -> tuple[str, dict[str, str]]:
 
   cfg = study.load_config(write_study(root, **kwargs))
   url = f"sqlite:///{root / 'study.db'}"
-  tokens = study.create_study(db.make_engine(url), cfg)
+  engine = db.make_engine(url)
+  tokens = study.create_study(engine, cfg)
+  engine.dispose()  # the last connection's close folds the WAL into the file: copyable
   return url, tokens
 
 
@@ -187,6 +189,50 @@ def letters_of(html: str) -> list[str]:
   return re.findall(r'data-item="([A-Z])"', html)
 
 
+def copy_study(template: pathlib.Path, root: pathlib.Path) -> str:
+  """A private copy of a created study database; returns its URL."""
+  import shutil
+
+  root.mkdir(parents=True, exist_ok=True)
+  shutil.copy(template, root / "study.db")
+  return f"sqlite:///{root / 'study.db'}"
+
+
+def queue_urls(db_url: str, rater: str, token: str) -> list[str]:
+  """The rater's pages in queue order, as the server names them."""
+  import sqlalchemy as sa
+
+  from medpalm.rater import db
+
+  engine = db.make_engine(db_url)
+  with db.sessionmaker(engine)() as s:
+    rows = s.execute(
+        sa.select(db.Assignment.case_id, db.Assignment.kind)
+        .join(db.Rater, db.Assignment.rater_id == db.Rater.id)
+        .where(db.Rater.name == rater)
+        .order_by(db.Assignment.position)
+    ).all()
+  engine.dispose()
+  return [f"/r/{token}/case/{c}/{k}" for c, k in rows]
+
+
+def answered_urls(db_url: str, rater: str, token: str) -> set[str]:
+  import sqlalchemy as sa
+
+  from medpalm.rater import db
+
+  engine = db.make_engine(db_url)
+  with db.sessionmaker(engine)() as s:
+    rows = s.execute(
+        sa.select(db.Assignment.case_id, db.Assignment.kind)
+        .join(db.Rater, db.Assignment.rater_id == db.Rater.id)
+        .join(db.Answer, db.Answer.assignment_id == db.Assignment.id)
+        .where(db.Rater.name == rater)
+    ).all()
+  engine.dispose()
+  return {f"/r/{token}/case/{c}/{k}" for c, k in rows}
+
+
 def answer_count(db_url: str) -> int:
   import sqlalchemy as sa
 
@@ -203,11 +249,16 @@ def complete_page(session: requests.Session, server: Server, url: str) -> reques
   """Fetches a page and submits a valid answer for it (ranking as shown; no errors)."""
   page = session.get(server.url(url), allow_redirects=False)
   assert page.status_code == 200, (url, page.status_code, page.text[:300])
-  data = {"csrf": csrf_of(page.text)}
+  return session.post(server.url(url), data=answer_data(page.text, url), allow_redirects=False)
+
+
+def answer_data(html: str, url: str) -> dict[str, str]:
+  """A valid answer to the page: the ranking as shown, or one omission per report."""
+  data = {"csrf": csrf_of(html)}
   if url.endswith("/sbs"):
-    data["ranking"] = ",".join(letters_of(page.text))
+    data["ranking"] = ",".join(letters_of(html))
   else:
-    n = len(re.findall(r'class="report" data-report=', page.text))
+    n = len(re.findall(r'class="report" data-report=', html))
     for k in range(1, n + 1):
-      data[f"om{k}_sig"], data[f"om{k}_other"] = "0", "0"
-  return session.post(server.url(url), data=data, allow_redirects=False)
+      data[f"om{k}_sig"], data[f"om{k}_other"] = "0", "1"
+  return data
