@@ -18,8 +18,10 @@ def _create(args) -> None:
   print(f"created study {cfg.name!r} in {db.database_url(args.db)}")
   for rater in cfg.raters:
     print(f"rater {rater}: {base}/r/{tokens[rater]}")
-  print(f"admin export token: {tokens['admin']}  (GET {base}/admin/export, "
-        "header 'Authorization: Bearer <token>')")
+  print(
+      f"admin export token: {tokens['admin']}  (GET {base}/admin/export, "
+      "header 'Authorization: Bearer <token>')"
+  )
   if args.tokens_json:
     with open(args.tokens_json, "w", encoding="utf-8") as f:
       json.dump(tokens, f)

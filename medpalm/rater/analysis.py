@@ -286,10 +286,19 @@ def chart(result: dict, path: str | pathlib.Path) -> None:
   x = np.arange(len(keys))
   width = 0.8 / max(1, len(models))
   for i, m in enumerate(models):
-    bars(ax2, x + (i - (len(models) - 1) / 2) * width, [result["independent"][m][k] for k in keys],
-         width, m)
-  ax2.set_xticks(x, [METRIC_TITLES[k].replace(" (incl. non-clinical)", "") for k in keys],
-                 rotation=20, ha="right")
+    bars(
+        ax2,
+        x + (i - (len(models) - 1) / 2) * width,
+        [result["independent"][m][k] for k in keys],
+        width,
+        m,
+    )
+  ax2.set_xticks(
+      x,
+      [METRIC_TITLES[k].replace(" (incl. non-clinical)", "") for k in keys],
+      rotation=20,
+      ha="right",
+  )
   ax2.set_ylabel("mean per report")
   ax2.set_title("Independent grading")
   ax2.legend()
@@ -301,7 +310,11 @@ def chart(result: dict, path: str | pathlib.Path) -> None:
 def write_outputs(result: dict, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  paths = {"markdown": out / "report.md", "chart": out / "figures.png", "json": out / "results.json"}
+  paths = {
+      "markdown": out / "report.md",
+      "chart": out / "figures.png",
+      "json": out / "results.json",
+  }
   paths["markdown"].write_text(markdown(result), encoding="utf-8")
   chart(result, paths["chart"])
 

@@ -144,8 +144,10 @@ def create_app(db_url: str | None, study_name: str) -> fastapi.FastAPI:
   def check_csrf(request, rater: db.Rater, form) -> None:
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = form.get("csrf", "")
-    if not cookie or not isinstance(sent, str) or not hmac.compare_digest(
-        csrf_value(rater, cookie), sent
+    if (
+        not cookie
+        or not isinstance(sent, str)
+        or not hmac.compare_digest(csrf_value(rater, cookie), sent)
     ):
       raise Refused(403, "The form's security check failed: reload the page and submit again.")
 
@@ -275,7 +277,9 @@ def create_app(db_url: str | None, study_name: str) -> fastapi.FastAPI:
         counts.append(int(value))
       grades.append(
           db.Grade(
-              report_id=reports[k - 1].id, significant_omissions=counts[0], other_omissions=counts[1]
+              report_id=reports[k - 1].id,
+              significant_omissions=counts[0],
+              other_omissions=counts[1],
           )
       )
     unknown = set(form.keys()) - fields
@@ -286,9 +290,7 @@ def create_app(db_url: str | None, study_name: str) -> fastapi.FastAPI:
   @app.post("/r/{token}/case/{case_id}/{kind}")
   async def submit(request: fastapi.Request, token: str, case_id: int, kind: str):
     form = await request.form()
-    return await concurrency.run_in_threadpool(
-        _submit, request, token, case_id, kind, form
-    )
+    return await concurrency.run_in_threadpool(_submit, request, token, case_id, kind, form)
 
   def _submit(request, token: str, case_id: int, kind: str, form):
     with Session() as s:

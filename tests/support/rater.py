@@ -47,8 +47,16 @@ def findings_text(i: int, source: int) -> str:
   """Distinct text per (case, source) that says nothing about the source."""
   import random
 
-  words = ["Heart size normal.", "No effusion.", "Mild atelectasis.", "No pneumothorax.",
-           "Clear lungs.", "Stable mediastinum.", "Small nodule.", "Trace fluid."]
+  words = [
+      "Heart size normal.",
+      "No effusion.",
+      "Mild atelectasis.",
+      "No pneumothorax.",
+      "Clear lungs.",
+      "Stable mediastinum.",
+      "Small nodule.",
+      "Trace fluid.",
+  ]
   r = random.Random(f"{i}/{source}")
   return " ".join(r.sample(words, 4)) + f" Seen {r.randint(100, 999)}."
 
@@ -64,7 +72,9 @@ def write_study(root: pathlib.Path, *, independent: str = "assigned") -> pathlib
   for i in range(N_CASES):
     if i == 0:
       demo_data.write_dicom(
-          root / "img" / "case0.dcm", case_image(0).astype(np.uint16) * 16, uid_seed="rater0",
+          root / "img" / "case0.dcm",
+          case_image(0).astype(np.uint16) * 16,
+          uid_seed="rater0",
           modality="CR",
       )
       image = "img/case0.dcm"
@@ -94,8 +104,13 @@ def write_study(root: pathlib.Path, *, independent: str = "assigned") -> pathlib
       if (i, m) == (XSS_CASE, XSS_MODEL):
         text = XSS + " " + text
       rows.append(
-          {"index": i, "inputs": "prompt", "prediction": text,
-           "target": findings_text(i, 0), "score": -1.5}
+          {
+              "index": i,
+              "inputs": "prompt",
+              "prediction": text,
+              "target": findings_text(i, 0),
+              "score": -1.5,
+          }
       )
     path = root / f"infer_{model.split('-')[1]}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -144,8 +159,20 @@ class Server:
 
   def start(self, timeout: float = 60.0) -> "Server":
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "medpalm.rater", "--db", self.db_url, "serve", "--study", STUDY,
-           "--port", str(self.port), "--log_level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medpalm.rater",
+        "--db",
+        self.db_url,
+        "serve",
+        "--study",
+        STUDY,
+        "--port",
+        str(self.port),
+        "--log_level",
+        "warning",
+    ]
     self._log = open(self.log, "ab")
     self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=self._log)
     deadline = time.monotonic() + timeout

@@ -20,3 +20,9 @@ def study(study_template, tmp_path):
   """(database URL of a private copy, tokens, root folder)."""
   template, tokens = study_template
   return rater.copy_study(template, tmp_path / "copy"), tokens, tmp_path
+
+
+@pytest.fixture
+def study_files(study_template):
+  """The folder holding the template study's cases file and images."""
+  return study_template[0].parent

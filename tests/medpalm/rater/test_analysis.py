@@ -37,7 +37,10 @@ def _hand_made_db(url):
   engine = db.make_engine(url)
   with db.sessionmaker(engine).begin() as s:
     study = db.Study(
-        name="hand", seed=0, secret="x", admin_token_hash="y",
+        name="hand",
+        seed=0,
+        secret="x",
+        admin_token_hash="y",
         config_json=json.dumps({"models": {"m1": "a.jsonl", "m2": "b.jsonl"}}),
     )
     s.add(study)
@@ -62,7 +65,10 @@ def _hand_made_db(url):
     for kind, table in ((db.SBS, RANKINGS), (db.INDEPENDENT, GRADINGS)):
       for (key, rater), value in table.items():
         a = db.Assignment(
-            rater_id=raters[rater].id, case_id=cases[key].id, kind=kind, position=position,
+            rater_id=raters[rater].id,
+            case_id=cases[key].id,
+            kind=kind,
+            position=position,
             order_json="[]",
         )
         position += 1
@@ -99,12 +105,20 @@ def test_analyze_reproduces_hand_computed_figures(tmp_path):
   assert result["sbs_cases"] == 3 and result["sbs_answers"] == 4
   # Independent, per report; c1 averaged over raters a and b, then with c2.
   expected = {
-      "m1": {"significant_omissions": F(1, 4), "total_omissions": F(1, 4),
-             "significant_clinical_errors": F(1, 4), "clinical_errors": F(1, 2),
-             "total_errors": F(3, 4)},
-      "m2": {"significant_omissions": F(1, 2), "total_omissions": F(3, 2),
-             "significant_clinical_errors": F(1, 2), "clinical_errors": F(1, 2),
-             "total_errors": F(1)},
+      "m1": {
+          "significant_omissions": F(1, 4),
+          "total_omissions": F(1, 4),
+          "significant_clinical_errors": F(1, 4),
+          "clinical_errors": F(1, 2),
+          "total_errors": F(3, 4),
+      },
+      "m2": {
+          "significant_omissions": F(1, 2),
+          "total_omissions": F(3, 2),
+          "significant_clinical_errors": F(1, 2),
+          "clinical_errors": F(1, 2),
+          "total_errors": F(1),
+      },
   }
   got = {m: {k: v["exact"] for k, v in result["independent"][m].items()} for m in expected}
   assert got == expected

@@ -33,8 +33,11 @@ def test_refusals_write_nothing(study):
     good = R.answer_data(page.text, first)
 
     def refused(status, path, data=None, session=s, text=None):
-      r = (session.post(server.url(path), data=data, allow_redirects=False) if data is not None
-           else session.get(server.url(path), allow_redirects=False))
+      r = (
+          session.post(server.url(path), data=data, allow_redirects=False)
+          if data is not None
+          else session.get(server.url(path), allow_redirects=False)
+      )
       assert r.status_code == status, (path, data, r.status_code, r.text[:400])
       if text:
         assert text in html.unescape(r.text), r.text
@@ -132,9 +135,7 @@ def test_report_html_is_shown_as_text(study):
       r = requests.get(server.url(u))
       assert r.status_code == 200
       assert "<script>window.__pwned" not in r.text and 'onerror="' not in r.text
-      assert html.escape(R.XSS, quote=False) in r.text.replace("&#34;", '"').replace(
-          "&#39;", "'"
-      )
+      assert html.escape(R.XSS, quote=False) in r.text.replace("&#34;", '"').replace("&#39;", "'")
       # Only this server's script runs: no inline script, no other origin.
       assert re.findall(r"<script[^>]*>", r.text) == ['<script src="/static/rater.js" defer>']
       assert "script-src 'self'" in r.headers["Content-Security-Policy"]
