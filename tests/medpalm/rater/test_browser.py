@@ -73,6 +73,16 @@ def _expected(db_url, study_files):
   return out
 
 
+def _wait_for_next_page(driver, current):
+  """The submit navigates asynchronously: wait until the next page has loaded."""
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  WebDriverWait(driver, 30, poll_frequency=0.05).until(
+      lambda d: d.current_url != current
+      and d.execute_script("return document.readyState") == "complete"
+  )
+
+
 def _case_id(driver):
   return int(driver.current_url.split("/case/")[1].split("/")[0])
 
@@ -272,6 +282,7 @@ def test_two_raters_complete_the_study_by_mouse_and_by_keyboard(
               k.replace("text/javascript", "application/javascript") for k in kinds
           }, kinds
         act(driver, page, record)
+        _wait_for_next_page(driver, server.url(page))
       assert driver.current_url == server.url(f"/r/{tokens[rater]}/done")
       assert f"All {len(queue)} pages are done" in driver.find_element("id", "finished").text
       stored, om = _stored(url, rater)
