@@ -58,8 +58,9 @@ setuptools.setup(
             "transformers>=5.24,<6",
             # Drives Debian's chromium (+ chromium-driver) in the rater study's browser test.
             "selenium>=4.51,<5",
+            "psycopg[binary]>=3.3,<4",
         ],
-        # A central PostgreSQL database for the rater study (medpalm.rater).
-        "postgres": ["psycopg[binary]>=3.3"],
+        # A central PostgreSQL database for the rater study (medpalm.rater); its test uses it.
+        "postgres": ["psycopg[binary]>=3.3,<4"],
     },
 )

@@ -194,6 +194,8 @@ def render_png(path: str, where: str) -> tuple[bytes, int, int]:
     pixels = images_lib.decode_image(path)
   except ValueError as e:
     raise ValueError(f"{where}: field 'image': {e}") from None
+  if (pixels[..., :1] == pixels).all():  # grey stored as RGB: a third of the bytes as "L"
+    pixels = pixels[..., 0]
   buf = io.BytesIO()
   PILImage.fromarray(pixels).save(buf, format="PNG", optimize=False)
   return buf.getvalue(), int(pixels.shape[1]), int(pixels.shape[0])
