@@ -157,7 +157,7 @@ class Server:
     self.base = f"http://127.0.0.1:{self.port}"
     self.proc = None
 
-  def start(self, timeout: float = 60.0) -> "Server":
+  def start(self, timeout: float = 180.0) -> "Server":
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [
         sys.executable,
