@@ -13,6 +13,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["medpalm", "medpalm.*", "tasks", "tasks.*"]),
+    package_data={"medpalm.rater": ["templates/*.html", "static/*"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
@@ -38,6 +39,13 @@ setuptools.setup(
         "pydicom>=3.0",
         "Pillow>=13.0",
         "matplotlib>=3.11",
+        # The clinician rater study (medpalm.rater): web app, server, database layer.
+        "fastapi>=0.163,<0.164",
+        "starlette>=1.10,<2",
+        "uvicorn>=0.54,<0.55",
+        "python-multipart>=0.0.34",
+        "Jinja2>=3.1",
+        "SQLAlchemy>=2.1,<2.2",
     ],
     extras_require={
         # Compile-only TPU topologies on a CPU host (AOT memory/FLOP plans); what jax[tpu]==0.10.2 pins.
@@ -50,6 +58,11 @@ setuptools.setup(
             "transformers>=5.24,<6",
             "pyink==26.5.1",
             "ruff==0.17.5",
+            # Drives Debian's chromium (+ chromium-driver) in the rater study's browser test.
+            "selenium>=4.51,<5",
+            "psycopg[binary]>=3.3,<4",
         ],
+        # A central PostgreSQL database for the rater study (medpalm.rater); its test uses it.
+        "postgres": ["psycopg[binary]>=3.3,<4"],
     },
 )
