@@ -300,6 +300,92 @@ def while_loops(hlo_text: str) -> int:
   return sum(i.opcode == "while" for instructions in computations.values() for i in instructions)
 
 
+# --- calibration: published MaxText runs ---------------------------------------------------
+
+
+def maxtext_config(scale: int, vision_width: int) -> Any:
+  """MaxText's `global_parameter_scale` model (configs/base.yml: embed 2048, 16 heads of 128,
+  MLP 7168, 16 layers, SiLU-gated MLP, RMSNorm, sequential block, vocabulary 32000; the scale
+  doubles heads+MLP, embed, layers in turn) as our decoder, with a one-layer, one-token vision
+  tower of `vision_width` (divisible by the fsdp axis) whose FLOPs are negligible."""
+  from medpalm.models import configs  # pylint: disable=g-import-not-at-top
+
+  log2 = int(math.log2(scale))
+  base, rem = divmod(log2, 3)
+  heads_scale, embed_scale, layer_scale = base + (rem > 0), base + (rem > 1), base
+  heads = 16 * 2**heads_scale
+  decoder = configs.DecoderConfig(
+      num_layers=16 * 2**layer_scale,
+      d_model=2048 * 2**embed_scale,
+      num_heads=heads,
+      head_dim=128,
+      d_ff=7168 * 2**heads_scale,
+      num_kv_heads=heads,
+      parallel_block=False,
+      gated_mlp=True,
+      mlp_activation="silu",
+      use_bias=False,
+      norm="rmsnorm",
+      vocab_size=32_000,
+  )
+  vision = configs.VisionConfig(
+      num_layers=1,
+      d_model=vision_width,
+      num_heads=2,
+      head_dim=vision_width // 2,
+      d_ff=2 * vision_width,
+      num_kv_heads=2,
+      parallel_block=False,
+      gated_mlp=False,
+      mlp_activation="gelu",
+      use_bias=False,
+      image_size=14,
+      patch_size=14,
+  )
+  return configs.MedPalmMConfig(f"maxtext_{scale}b", vision, decoder, image_token_id=3)
+
+
+# Published MaxText training runs (MaxText/configs/v5e/README.md and the v5p table of its
+# runtime-performance page; the scripts MaxText/configs/v5e/16b.sh and v5p/32b.sh give the
+# settings): model scale, slice, mesh, per-chip batch, sequence, remat, published MFU.
+CALIBRATION = {
+    "maxtext_16b_v5e256": dict(
+        scale=16, topology="v5e-256", mesh="fsdp=-1", per_chip_batch=6, length=2048,
+        remat="full", published_mfu=0.6110,
+    ),
+    "maxtext_32b_v5p128": dict(
+        scale=32, topology="v5p-128", mesh="fsdp=-1,model=4", per_chip_batch=7, length=2048,
+        remat="dots_no_batch", published_mfu=0.7147,
+    ),
+}  # fmt: skip
+
+
+def calibration_roofline(name: str, attention: str = "jax", log=print) -> dict[str, Any]:
+  from launch import topologies  # pylint: disable=g-import-not-at-top
+
+  c = CALIBRATION[name]
+  topology = topologies.get_topology(c["topology"])
+  mesh = {k: int(v) for k, v in (i.split("=") for i in c["mesh"].split(","))}
+  fsdp = topology.num_chips // math.prod(v for k, v in mesh.items() if k != "fsdp" and v > 0)
+  config = maxtext_config(c["scale"], vision_width=max(256, fsdp)).replace(
+      dtype="bfloat16", remat_policy=c["remat"], dropout_rate=0.0
+  )
+  config = dataclasses.replace(
+      config, decoder=dataclasses.replace(config.decoder, attention=attention)
+  )
+  result = plan_roofline(
+      config,
+      c["topology"],
+      batch_size=c["per_chip_batch"] * topology.num_chips,
+      inputs_length=c["length"] // 2,
+      targets_length=c["length"] // 2,
+      mesh=c["mesh"],
+      log=log,
+  )
+  result["calibration"] = {**c, "name": name}
+  return result
+
+
 # --- the roofline ---------------------------------------------------------------------------
 
 
@@ -391,12 +477,13 @@ def bound(terms: Terms, gen: Any, model_flops_per_chip: float) -> dict[str, Any]
 def extrapolate(
     points: dict[tuple[int, int], Terms], depth: tuple[int, int]
 ) -> tuple[Terms, dict[str, Terms]]:
-  """Terms at `depth` = (vision, decoder layers) from compiles at (1,1), (2,1), (1,2).
+  """Terms at `depth` = (vision, decoder layers) from compiles at (1,1), (2,1), (1,2) ((2,1) is
+  not needed when the vision tower has one layer).
 
   Returns (terms at depth, {"base", "vision_layer", "decoder_layer"}).
   """
   one = points[(1, 1)]
-  vision = points[(2, 1)].scaled(1.0, one, -1.0)
+  vision = points[(2, 1)].scaled(1.0, one, -1.0) if (2, 1) in points else one.scaled(0, one, 0)
   decoder = points[(1, 2)].scaled(1.0, one, -1.0)
   full = one.scaled(1.0, vision, depth[0] - 1).scaled(1.0, decoder, depth[1] - 1)
   base = one.scaled(1.0, vision, -1.0).scaled(1.0, decoder, -1.0)
@@ -431,7 +518,7 @@ def plan_roofline(
   options = {**NO_WINDOWED_EINSUMS, **(compiler_options or {})}
   depth = (config.vision.num_layers, config.decoder.num_layers)
   points, compiles = {}, {}
-  for layers in ((1, 1), (2, 1), (1, 2)):
+  for layers in ((1, 1), (2, 1), (1, 2)) if depth[0] > 1 else ((1, 1), (1, 2)):
     shallow = dataclasses.replace(
         config,
         vision=dataclasses.replace(config.vision, num_layers=layers[0], scan_layers=False),
@@ -519,9 +606,12 @@ def main(argv: list[str] | None = None) -> int:
   from medpalm.models import configs  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True, choices=list(configs.CONFIGS))
-  parser.add_argument("--topology", required=True)
-  parser.add_argument("--batch_size", type=int, required=True)
+  parser.add_argument("--config", choices=list(configs.CONFIGS))
+  parser.add_argument(
+      "--calibration", choices=list(CALIBRATION), help="a published MaxText run instead"
+  )
+  parser.add_argument("--topology")
+  parser.add_argument("--batch_size", type=int)
   parser.add_argument("--inputs_length", type=int, default=966)
   parser.add_argument("--targets_length", type=int, default=256)
   parser.add_argument("--mesh", default="fsdp=-1")
@@ -532,7 +622,18 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num_microbatches", type=int, default=None)
   parser.add_argument("--compiler_option", action="append", default=[], metavar="NAME=VALUE")
   parser.add_argument("--json", action="store_true")
+  parser.add_argument("--out", default=None, help="also write the JSON here")
   args = parser.parse_args(argv)
+  log = lambda m: print(m, file=sys.stderr)
+  if args.calibration:
+    result = calibration_roofline(args.calibration, args.attention, log=log)
+    published = result["calibration"]["published_mfu"]
+    print(json.dumps(result, indent=1) if args.json else format_roofline(result))
+    print(f"published MFU {100 * published:.2f} %")
+    _write(args.out, result)
+    return 0
+  if not (args.config and args.topology and args.batch_size):
+    parser.error("--config, --topology and --batch_size are required (or --calibration)")
   config = configs.get_config(args.config).replace(
       dtype=args.dtype, remat_policy=args.remat, dropout_rate=args.dropout_rate
   )
@@ -550,10 +651,17 @@ def main(argv: list[str] | None = None) -> int:
       mesh=args.mesh,
       compiler_options=dict(aot_compile._parse_option(o) for o in args.compiler_option),  # pylint: disable=protected-access
       num_microbatches=args.num_microbatches,
-      log=lambda m: print(m, file=sys.stderr),
+      log=log,
   )
   print(json.dumps(result, indent=1) if args.json else format_roofline(result))
+  _write(args.out, result)
   return 0
+
+
+def _write(path: str | None, result: dict) -> None:
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
