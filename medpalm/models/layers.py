@@ -337,6 +337,12 @@ def splash_attention(
       kernel = splash.make_splash_mha(
           kernel_mask, head_shards=1, q_seq_shards=1, interpret=interpret
       )
+      # Built under vmap / shard_map, the kernel's "is this mask dynamic" flag becomes a traced
+      # array that its Python `if`s cannot read; we know the answer.
+      fix = lambda info: None if info is None else info._replace(is_dynamic_mask=m is not None)
+      kernel.fwd_mask_info = fix(kernel.fwd_mask_info)
+      kernel.dq_mask_info = fix(kernel.dq_mask_info)
+      kernel.dkv_mask_info = fix(kernel.dkv_mask_info)
       return kernel(q, k, v)
 
     if mask is None:
