@@ -50,6 +50,9 @@ setuptools.setup(
     extras_require={
         # Compile-only TPU topologies on a CPU host (AOT memory/FLOP plans); what jax[tpu]==0.10.2 pins.
         "tpu": ["libtpu==0.0.42.1"],
+        # NVIDIA GPUs: the CUDA 12 plugin built for jax 0.10.2 (what jax[cuda12]==0.10.2 pins), with
+        # the CUDA libraries as wheels; launch/gpu_slurm.sh installs it.
+        "gpu": ["jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
         # Numerical oracles: transformers' reference implementations, CPU torch only.
         "test": [
             "pytest>=9",

@@ -387,12 +387,20 @@ def compiled_report(plan: Plan, name: str, compiled: Any, seconds: float = 0.0) 
 
 
 def compile_step(
-    plan: Plan, name: str, compiler_options: dict[str, Any] | None = None
+    plan: Plan,
+    name: str,
+    compiler_options: dict[str, Any] | None = None,
+    hlo_path: str | None = None,
 ) -> StepReport:
-  """Compiles one step and reports it; an out-of-memory is a result, not a raise."""
+  """Compiles one step and reports it; an out-of-memory is a result, not a raise.
+
+  `hlo_path`: where to write the optimized HLO text (gzip when it ends in .gz), for the roofline.
+  """
   start = time.perf_counter()
   try:
     _, compiled = lower_and_compile(plan, name, compiler_options)
+    if hlo_path:
+      _write_text(hlo_path, compiled.as_text())
   except Exception as e:  # XLA reports OOM as a JaxRuntimeError (RESOURCE_EXHAUSTED)
     message = str(e)
     if not _is_oom(message):
@@ -411,6 +419,17 @@ def compile_step(
       setattr(report, key, value)
     return report
   return compiled_report(plan, name, compiled, time.perf_counter() - start)
+
+
+def _write_text(path: str, text: str) -> None:
+  import gzip  # pylint: disable=g-import-not-at-top
+
+  import os  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wt", encoding="utf-8") as f:
+    f.write(text)
 
 
 def model_flops(plan: Plan, step: str) -> float:
@@ -474,6 +493,7 @@ def run(
     depth: tuple[int, int] | None = None,
     compiler_options: dict[str, Any] | None = None,
     config: configs.MedPalmMConfig | None = None,
+    hlo_dir: str | None = None,
 ) -> dict:
   """Compiles `steps` and returns a JSON-ready summary (see `format_summary`).
 
@@ -533,7 +553,8 @@ def run(
       "steps": {},
   }
   for s in steps:
-    report = compile_step(plan, s, compiler_options)
+    hlo_path = f"{hlo_dir}/{s}.hlo.gz" if hlo_dir else None
+    report = compile_step(plan, s, compiler_options, hlo_path)
     summary["steps"][s] = dataclasses.asdict(report)
   train = summary["steps"].get("train")
   if train:
@@ -665,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
       "xla_tpu_enable_windowed_einsum_for_all_gather=false",
   )
   parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+  parser.add_argument("--hlo_dir", default=None, help="write each step's optimized HLO here")
   args = parser.parse_args(argv)
   summary = run(
       args.config,
@@ -682,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
       scan_layers=not args.no_scan,
       depth=tuple(int(x) for x in args.depth.split(",")) if args.depth else None,
       compiler_options=dict(_parse_option(o) for o in args.compiler_option),
+      hlo_dir=args.hlo_dir,
   )
   print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
   return 0 if all(r["status"] == "ok" for r in summary["steps"].values()) else 2

@@ -8,8 +8,11 @@ topology API takes (`v5e:2x2`, `v4:2x2x1`, `v5:4x8x8`, `v6e:4x4`) is accepted as
 ask for small slices that Cloud TPU does not sell. With libtpu installed this works on a CPU host:
 the devices are abstract, good for compiling, never for running.
 
-Per-chip figures (HBM, peak dense bf16 FLOP/s) are the published ones; they turn compiled bytes
-into "fits or not" and model FLOPs into the utilisation a step time needs.
+Per-chip figures are the published ones (Cloud TPU's pages for v4, v5e, v5p and v6e: peak bf16
+FLOP/s, HBM capacity and bandwidth, bidirectional ICI bandwidth per chip and its ports; v4's
+per-link figure, 400 Gb/s each way, is not on its Cloud page and comes from the ISCA 2023 TPU v4
+paper's description). They turn compiled bytes into "fits or not", model FLOPs into the
+utilisation a step time needs, and compiled programs into a roofline (`launch/roofline.py`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ class Generation:
   hbm_bytes: int  # per chip
   peak_bf16_flops: float  # per chip, dense
   accelerator_type: str  # what libtpu expects in TPU_ACCELERATOR_TYPE for a 4-chip slice
+  hbm_bandwidth: float  # bytes/s per chip
+  ici_ports: int  # ICI links per chip
+  ici_link_bandwidth: float  # bytes/s one way on one link (bidirectional per-chip / ports / 2)
 
 
 GENERATIONS: dict[str, Generation] = {
-    "v4": Generation("v4", "megacore", 2, 3, 32 * GIB, 275e12, "v4-8"),
-    "v5e": Generation("v5e", "default", 1, 2, 16 * GIB, 197e12, "v5litepod-4"),
-    "v5p": Generation("v5", "megacore", 2, 3, 95 * GIB, 459e12, "v5p-8"),
-    "v6e": Generation("v6e", "default", 1, 2, 32 * GIB, 918e12, "v6e-4"),
+    # HBM 1200 GB/s; 6 ICI links of 400 Gb/s (50 GB/s) each way.
+    "v4": Generation("v4", "megacore", 2, 3, 32 * GIB, 275e12, "v4-8", 1200e9, 6, 50e9),
+    # HBM 819 GB/s; ICI 400 GB/s bidirectional over 4 ports.
+    "v5e": Generation("v5e", "default", 1, 2, 16 * GIB, 197e12, "v5litepod-4", 819e9, 4, 50e9),
+    # HBM 2765 GB/s; ICI 1200 GB/s bidirectional over 6 ports (3-D torus).
+    "v5p": Generation("v5", "megacore", 2, 3, 95 * GIB, 459e12, "v5p-8", 2765e9, 6, 100e9),
+    # HBM 1638 GB/s; ICI 800 GB/s bidirectional over 4 ports.
+    "v6e": Generation("v6e", "default", 1, 2, 32 * GIB, 918e12, "v6e-4", 1638e9, 4, 100e9),
 }
 _BY_API_NAME = {g.api_name: name for name, g in GENERATIONS.items()}
 

@@ -14,6 +14,7 @@ silently drops the logical constraints).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -361,3 +362,50 @@ class Partitioner:
       sharding = data_sharding(self.mesh, value.ndim)
       out[name] = jax.make_array_from_process_local_data(sharding, value)
     return out
+
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+_PLATFORM_HINTS = {
+    "gpu": "install the CUDA 12 plugin (pip install -e '.[gpu]') and check that nvidia-smi sees "
+    "the GPUs and CUDA_VISIBLE_DEVICES does not hide them",
+    "tpu": "run on a Cloud TPU VM with libtpu installed (pip install -e '.[tpu]')",
+    "cpu": "unset JAX_PLATFORMS or set it to cpu",
+}
+
+
+def requested_platform() -> str | None:
+  """The platform a run asked for: the gin macro PLATFORM (`--gin.PLATFORM="'gpu'"`), else the
+  MEDPALM_PLATFORM environment variable (launchers set it), else None (whatever JAX finds)."""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  try:
+    value = gin.query_parameter("%PLATFORM")
+  except ValueError:  # the macro is not bound
+    value = None
+  return value or os.environ.get("MEDPALM_PLATFORM") or None
+
+
+def check_platform(requested: str | None) -> str:
+  """Returns JAX's backend; raises RuntimeError when it is not the `requested` one.
+
+  JAX falls back to the CPU when a GPU or TPU backend fails to load (no plugin, no driver, devices
+  hidden), and a run configured for 256 accelerators would then train on the host, silently and
+  very slowly. `requested`: "gpu", "tpu", "cpu" (case-insensitive; "cuda" means "gpu"), or None /
+  "" to accept any backend.
+  """
+  found = jax.default_backend()
+  if not requested:
+    return found
+  want = {"cuda": "gpu", "rocm": "gpu"}.get(requested.lower(), requested.lower())
+  if want not in PLATFORMS:
+    raise ValueError(f"platform {requested!r}: expected one of {', '.join(PLATFORMS)}")
+  if found != want:
+    devices = jax.devices()
+    env = os.environ.get("JAX_PLATFORMS")
+    raise RuntimeError(
+        f"this run asked for platform {want!r} but JAX found only {found!r} devices "
+        f"({len(devices)} x {devices[0].device_kind})"
+        + (f" with JAX_PLATFORMS={env!r}" if env else "")
+        + f"; refusing to start. To fix: {_PLATFORM_HINTS[want]}."
+    )
+  return found

@@ -88,6 +88,9 @@ def main(argv=None) -> int:
   from medpalm.driver import train as train_lib
 
   parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  from medpalm import partitioning  # refuse to train on the CPU when a GPU / TPU was asked for
+
+  partitioning.check_platform(partitioning.requested_platform())
   fn = {"train": train_lib.train, "eval": eval_lib.evaluate, "infer": infer_lib.infer}
   gin.get_configurable(fn[args.run_mode])()
   return 0

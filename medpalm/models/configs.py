@@ -13,7 +13,7 @@ import dataclasses
 from typing import Callable
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
-ATTENTION_IMPLEMENTATIONS = ("jax", "recompute", "reference")
+ATTENTION_IMPLEMENTATIONS = ("jax", "recompute", "reference", "splash")  # splash: TPU kernel
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 
 

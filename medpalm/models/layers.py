@@ -180,9 +180,12 @@ def dot_product_attention(
     ).astype(dtype)
   if implementation == "recompute":
     return recompute_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
+  if implementation == "splash":  # the Pallas TPU kernel, see splash_attention below
+    return splash_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
   if implementation != "reference":
     raise ValueError(
-        f"attention implementation {implementation!r}: 'jax', 'recompute' or " "'reference'"
+        f"attention implementation {implementation!r}: 'jax', 'recompute', 'splash' or "
+        "'reference'"
     )
   b, t, h, d = q.shape
   g = k.shape[2]
@@ -264,3 +267,97 @@ def recompute_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Arr
 
 
 recompute_attention.defvjp(_recompute_forward, _recompute_backward)
+
+
+# --- splash attention (Pallas TPU kernel) ---------------------------------------------------
+
+_SPLASH_BLOCK = 128  # the kernel's default q / kv block; lengths are padded to a multiple of it
+
+
+def splash_attention(
+    q: Array, k: Array, v: Array, mask: Array | None, interpret: bool | None = None
+) -> Array:
+  """Attention through the splash kernel of `jax.experimental.pallas.ops.tpu` (flash attention
+  that also skips fully masked blocks), as MaxText runs it on TPU.
+
+  The kernel never writes the [T, S] probabilities to HBM, forward or backward. Our masks differ
+  per example (prefix LM, padding), so each example gets the kernel's dynamic mask; a missing
+  mask (the ViT) is the kernel's static full mask. Lengths are padded to a multiple of 128 with
+  keys nobody sees. A query row with no visible key (a padding position) attends to itself
+  instead of averaging every value as the reference path does: the kernel would otherwise
+  divide by zero there, and such rows carry no loss. Under a mesh the kernel runs per shard
+  (`shard_map`, batch over the rules' "batch" axes, heads over "heads"), since XLA cannot split
+  a custom kernel by itself.
+
+  Args:
+    q: [B, T, H, K] queries, already scaled; k, v: [B, S, G, K] with G dividing H.
+    mask: bool[B or 1, 1, T, S] (True = may attend) or None.
+    interpret: run the kernel in Pallas' interpreter (any platform; slow). Default: unless the
+      program is built for TPUs (the devices of the mesh in context, else JAX's default backend),
+      so an AOT compile for a TPU slice on a CPU host gets the real kernel.
+  Returns:
+    [B, T, H, K] in q's dtype.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  mesh = None if mesh is None or mesh.empty else mesh
+  if interpret is None:
+    platform = mesh.abstract_device.platform if mesh is not None else jax.default_backend()
+    interpret = platform != "tpu"
+  b, t, h, _ = q.shape
+  s = k.shape[1]
+  if mask is not None:
+    mask = jnp.broadcast_to(mask.astype(bool), (b, 1, t, s))
+  pad_t, pad_s = -t % _SPLASH_BLOCK, -s % _SPLASH_BLOCK
+  if pad_t or pad_s:
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))
+    q, k, v = pad(q, pad_t), pad(k, pad_s), pad(v, pad_s)
+    if mask is None:
+      mask = jnp.ones((b, 1, t, s), bool)
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
+  if mask is not None:  # rows that see nothing (padding) see themselves
+    eye = jnp.eye(t + pad_t, s + pad_s, dtype=bool)[None, None]
+    mask = mask | (eye & ~jnp.any(mask, axis=-1, keepdims=True))
+
+  def local(q, k, v, mask):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+        splash_attention_kernel as splash,
+        splash_attention_mask as masks,
+    )
+
+    heads = q.shape[2]
+    to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, K] -> [B, H, T, K]
+
+    def one(q, k, v, m):  # q [H, T, K], k/v [G, S, K], m bool[T, S] or None
+      shape = (q.shape[1], k.shape[1])
+      kernel_mask = (
+          masks.MultiHeadMask([masks.FullMask(shape)] * heads)
+          if m is None
+          else jnp.broadcast_to(m, (heads, *shape))
+      )
+      kernel = splash.make_splash_mha(
+          kernel_mask, head_shards=1, q_seq_shards=1, interpret=interpret
+      )
+      # Built under vmap / shard_map, the kernel's "is this mask dynamic" flag becomes a traced
+      # array that its Python `if`s cannot read; we know the answer.
+      fix = lambda info: None if info is None else info._replace(is_dynamic_mask=m is not None)
+      kernel.fwd_mask_info = fix(kernel.fwd_mask_info)
+      kernel.dq_mask_info = fix(kernel.dq_mask_info)
+      kernel.dkv_mask_info = fix(kernel.dkv_mask_info)
+      return kernel(q, k, v)
+
+    if mask is None:
+      out = jax.vmap(lambda q, k, v: one(q, k, v, None))(to_heads(q), to_heads(k), to_heads(v))
+    else:
+      out = jax.vmap(one)(to_heads(q), to_heads(k), to_heads(v), mask[:, 0])
+    return to_heads(out)
+
+  if mesh is None:
+    out = local(q, k, v, mask)
+  else:
+    spec = lambda names: nn.logical_to_mesh_axes(names)
+    qs, kvs = spec(("batch", None, "heads", None)), spec(("batch", None, None, None))
+    in_specs = (qs, kvs, kvs) + (() if mask is None else (spec(("batch", None, None, None)),))
+    body = local if mask is not None else (lambda q, k, v: local(q, k, v, None))
+    args = (q, k, v) if mask is None else (q, k, v, mask)
+    out = jax.shard_map(body, in_specs=in_specs, out_specs=qs, check_vma=False)(*args)
+  return out[:, :t]
