@@ -676,8 +676,10 @@ def _vindr_mammo(d: pathlib.Path, n: int, r: random.Random, rng) -> None:
   for split in ("training", "test"):
     for k in range(max(n, 5)):
       birads = 1 + k % 5
-      study, series, image = (f"{r.getrandbits(128):032x}" for _ in range(3))
-      laterality, view = r.choice(["L", "R"]), r.choice(["CC", "MLO"])
+      series, image = (f"{r.getrandbits(128):032x}" for _ in range(2))
+      if k % 2 == 0:  # a study's two breasts in one view, as the release has them
+        study, view = f"{r.getrandbits(128):032x}", r.choice(["CC", "MLO"])
+      laterality = "LR"[k % 2]
       img = class_image(rng, birads - 1, 5, height=128, width=96, dtype=np.uint16)
       mono1 = k % 3 == 2  # some scanners write MONOCHROME1 (inverted)
       write_dicom(

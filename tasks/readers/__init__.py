@@ -71,7 +71,7 @@ PAD-UFES-20                                  :class:`PadUfesRecord`
     the prompt prints, in order, values already formatted, missing → "unknown"), "options":
     list[str] (6 class names), "label": int, "answer": str}``
 VinDr-Mammo                                  :class:`VinDrRecord`
-    ``{"id" (image_id), "image_path", "laterality": "L"|"R", "view": "CC"|"MLO"|"XCCL"|...,
+    ``{"id" (image_id), "study_id", "image_path", "laterality": "L"|"R", "view": "CC"|"MLO"|"XCCL"|...,
     "options": ["1".."5"], "label": int (BI-RADS − 1), "answer": str}``
 CBIS-DDSM                                    :class:`CbisDdsmRecord`
     ``{"id", "image_path" (the ROI crop DICOM), "view": "CC"|"MLO", "abnormality": "mass"|
@@ -168,6 +168,7 @@ class PadUfesRecord(_Classification):
 
 class VinDrRecord(_Classification):
   id: str
+  study_id: str
   image_path: str
   laterality: str
   view: str

@@ -211,10 +211,44 @@ def test_ablation_mixture_redistributes_in_proportion():
 
 
 def test_ablation_mixture_is_registered():
-  import tasks  # pylint: disable=g-import-not-at-top,unused-import
+  import tasks  # noqa: F401  (registers the multimedbench_* names)
 
   mixture = seqio.get_mixture_or_task("multimedbench_without_cxr_classification")
   names = {t.name for t in mixture.tasks}
   assert "multimedbench_mimic_cxr_classification" not in names and len(names) == 12
   total = sum(mixture.get_rate(t) for t in mixture.tasks)
   assert total == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------ VinDr-Mammo bilateral view
+
+
+def test_vindr_bilateral_pairs_both_breasts_side_by_side(env, tmp_path):
+  from tasks import images as image_lib  # pylint: disable=g-import-not-at-top
+  from tasks import prepare  # pylint: disable=g-import-not-at-top
+
+  ddir = env.root / "vindr_mammo"
+  single = readers.read_task("vindr_mammo", "test", data_dir=ddir).records
+  pairs = readers.read_task("vindr_mammo", "test", data_dir=ddir, bilateral=True)
+  assert pairs.records and len(pairs.records) == len(single) // 2
+  by_id = {r["id"]: r for r in single}
+  for record in pairs:
+    right, left = (by_id[p.rsplit("/", 1)[1].removesuffix(".dicom")] for p in record["image_paths"])
+    assert (right["laterality"], left["laterality"]) == ("R", "L")
+    assert right["view"] == left["view"] == record["view"] and record["laterality"] == "B"
+    assert record["label"] == max(right["label"], left["label"])
+  manifest = prepare.prepare(
+      ["vindr_mammo"],
+      data_dir=str(env.root),
+      prepared_dir=str(tmp_path),
+      image_size=32,
+      progress_bar=False,
+      reader_options={"vindr_mammo": {"bilateral": True}},
+  )
+  assert manifest["vindr_mammo"]["test"]["num_images"] == len(pairs.records)
+  record = pairs.records[0]
+  _, image, error = prepare._load((prepare.image_key(record), prepare.image_source(record), 32))
+  assert error is None and image.shape == (32, 32, 3)
+  right, left = (image_lib.decode_image(p) for p in record["image_paths"])
+  expected = image_lib.resize_and_pad(np.concatenate([right, left], axis=1), 32)
+  np.testing.assert_array_equal(image, expected)
