@@ -116,10 +116,36 @@ def decode_dicom(data: bytes, name: str) -> np.ndarray:
 
   try:
     ds = pydicom.dcmread(io.BytesIO(data), force=name.lower().endswith(DICOM_SUFFIXES))
-    arr = ds.pixel_array
+    arr = dicom_pixel_array(ds)
   except Exception as e:  # pydicom raises many types for corrupt/truncated/unsupported data
     raise ValueError(f"{name}: cannot decode DICOM: {type(e).__name__}: {e}") from None
   return dicom_to_rgb(arr, ds, name)
+
+
+# JPEG Baseline (process 1) and Extended (processes 2 & 4).
+_PILLOW_FIRST = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def dicom_pixel_array(ds) -> np.ndarray:
+  """``ds.pixel_array``, 8-bit JPEG decoded by Pillow first.
+
+  pylibjpeg's libjpeg returns pixels for some corrupt 8-bit JPEG streams without an error where
+  Pillow raises one, and a corrupt file must fail, not become noise. What Pillow does not
+  support (12-bit JPEG Extended) and every other syntax (JPEG Lossless, JPEG-LS, JPEG 2000 —
+  where openjpeg reads files Pillow rejects —, RLE) go to pydicom's default choice among the
+  installed decoders, pylibjpeg among them.
+  """
+  syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+  if syntax in _PILLOW_FIRST:
+    ds.pixel_array_options(decoding_plugin="pillow")
+    try:
+      return ds.pixel_array
+    except (RuntimeError, NotImplementedError) as e:
+      if "does not support" not in str(e):
+        raise
+    finally:
+      ds.pixel_array_options()
+  return ds.pixel_array
 
 
 def dicom_to_rgb(arr: np.ndarray, ds, name: str = "<dicom>") -> np.ndarray:

@@ -171,6 +171,63 @@ def test_two_view_example_reaches_the_model_with_both_images_in_order(env):
     assert between.startswith(" and the LATERAL view X-ray image")
 
 
+@pytest.mark.slow
+def test_two_view_batch_runs_through_the_model(env, tmp_path):
+  """The converted two-view batch is what MedPalmM takes: both images' placeholder runs are
+  filled (swapping the views changes the output after them); trimmed to one image, the model
+  refuses the batch instead of silently dropping the lateral view."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from medpalm.models import configs  # pylint: disable=g-import-not-at-top
+  from medpalm.models.medpalm_m import MedPalmM  # pylint: disable=g-import-not-at-top
+  from tasks import prepare  # pylint: disable=g-import-not-at-top
+
+  size = 28  # 4 image tokens for the tiny ViT (patch 14)
+  prepare.prepare(
+      ["mimic_cxr"],
+      data_dir=str(env.root),
+      prepared_dir=str(tmp_path),
+      image_size=size,
+      progress_bar=False,
+  )
+  cfg = multimedbench.TaskConfig(
+      task="mimic_cxr_report_two_view",
+      name="mmb28_mimic_cxr_report_two_view",
+      num_image_tokens=4,
+      image_size=size,
+      data_dir=str(env.root),
+      prepared_dir=str(tmp_path),
+  )
+  multimedbench.register(cfg, env.vocabulary, shuffle_buffer_size=8)
+  lengths = {"inputs": 1024, "targets": 128, "images": 2, "image_mask": 2}
+  batch = next(
+      seqio.get_dataset(
+          cfg.name,
+          lengths,
+          dataset_split="test",
+          shuffle=False,
+          feature_converter=features.feature_converter(),
+          batch_size=2,
+      ).as_numpy_iterator()
+  )
+  config = configs.get_config("tiny", image_size=size, vocab=env.vocabulary)
+  assert config.num_image_tokens == 4
+  inputs = {k: jnp.asarray(batch[k]) for k in ("decoder_input_tokens", "images", "image_mask")}
+  model = MedPalmM(config)
+  variables = model.init(jax.random.key(0), **inputs)
+  logits = np.asarray(model.apply(variables, **inputs))
+  assert np.isfinite(logits).all()
+  swapped = np.asarray(model.apply(variables, **dict(inputs, images=inputs["images"][:, ::-1])))
+  ph = np.flatnonzero(batch["decoder_input_tokens"][0] == config.image_token_id)
+  assert len(ph) == 8
+  np.testing.assert_allclose(swapped[0, : ph[0]], logits[0, : ph[0]], atol=1e-5)  # causal
+  assert np.abs(swapped[0, ph[-1] + 1 :] - logits[0, ph[-1] + 1 :]).max() > 1e-4
+  one = dict(inputs, images=inputs["images"][:, :1], image_mask=inputs["image_mask"][:, :1])
+  with pytest.raises(ValueError):
+    model.apply(variables, **one)
+
+
 def test_two_view_feature_lengths():
   assert features.task_feature_lengths(images=2) == {
       "inputs": 710 + 2 * 256,
