@@ -387,7 +387,8 @@ for _fn in (
 ):
   _ROLE_CACHE[_fn] = tuple(s.role for s in _fn(_PROBE))
 
-# Keys are the multimedbench_<key> task names. Shots per the paper's Table A.1 (PubMedQA: issue).
+# Keys are the multimedbench_<key> task names. Shots per the paper's Table A.1 (PubMedQA, not in
+# it: 2, as MedQA and MedMCQA).
 TEMPLATES: dict[str, Template] = {
     "medqa": Template(QA_INSTRUCTION, 2, qa_query),
     "medmcqa": Template(QA_INSTRUCTION, 2, qa_query),

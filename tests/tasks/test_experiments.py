@@ -268,7 +268,17 @@ def test_ablation_mixture_redistributes_in_proportion():
 
 
 def test_ablation_mixture_is_registered():
-  import tasks  # noqa: F401  (registers the multimedbench_* names)
+  import tasks  # pylint: disable=g-import-not-at-top
+
+  assert set(tasks.EXPERIMENT_NAMES) == {
+      "multimedbench_montgomery_tb",
+      "multimedbench_montgomery_tb_cot",
+      "multimedbench_mimic_iii_ood",
+      "multimedbench_mimic_cxr_report_two_view",
+  }
+  for name in tasks.EXPERIMENT_NAMES + ("multimedbench_without_cxr_classification",):
+    assert name in tasks.MIXTURE_NAMES + tasks.EXPERIMENT_NAMES
+    assert seqio.get_mixture_or_task(name) is not None
 
   mixture = seqio.get_mixture_or_task("multimedbench_without_cxr_classification")
   names = {t.name for t in mixture.tasks}

@@ -11,7 +11,7 @@ from tasks.readers import mimic_iii, precisionfda
 def _pileups(directory, split, loci):
   examples = []
   for k, locus in enumerate(loci):
-    contig, start = locus.split(":")[0], int(locus.split(":")[1])
+    start = int(locus.split(":")[1])
     examples.append(
         {
             "image/encoded": [np.full((4, 5, 6), k, np.uint8).tobytes()],
@@ -21,7 +21,6 @@ def _pileups(directory, split, loci):
             "variant/encoded": [demo_data._variant_proto("A", ["G"], start - 1)],
         }
     )
-    del contig
   demo_data.write_tfrecord_gz(directory / split / f"{split}.tfrecord.gz", examples)
 
 
