@@ -319,3 +319,28 @@ def test_vindr_bilateral_pairs_both_breasts_side_by_side(env, tmp_path):
   right, left = (image_lib.decode_image(p) for p in record["image_paths"])
   expected = image_lib.resize_and_pad(np.concatenate([right, left], axis=1), 32)
   np.testing.assert_array_equal(image, expected)
+
+
+def test_van_veen_split_reaches_the_task_through_gin(env, tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+
+  ddir = env.root / "mimic_iii"
+  ids = sorted(
+      r["id"]
+      for s in ("train", "validation", "test")
+      for r in readers.read_task("mimic_iii", s, data_dir=ddir)
+  )
+  (tmp_path / "train.txt").write_text("\n".join(ids[2:]) + "\n")
+  (tmp_path / "validation.txt").write_text("")
+  (tmp_path / "test.txt").write_text("\n".join(ids[:2]) + "\n")
+  gin.parse_config(
+      f"multimedbench_data.reader_options = {{'mimic_iii': {{'split_ids_dir': '{tmp_path}'}}}}"
+  )
+  try:
+    cfg = multimedbench.TaskConfig(task="mimic_iii", name="mmbvv_mimic_iii", data_dir=str(env.root))
+    multimedbench.register(cfg, env.vocabulary, shuffle_buffer_size=8)
+    ds = seqio.get_mixture_or_task(cfg.name).get_dataset(LONG, split="test", shuffle=False)
+    examples = list(ds.as_numpy_iterator())
+    assert sorted(e["id"].decode() for e in examples) == ids[:2]
+  finally:
+    gin.clear_config()
