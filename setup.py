@@ -37,6 +37,11 @@ setuptools.setup(
         "scikit-learn>=1.9",
         "pycocoevalcap>=1.2",
         "pydicom>=3.0",
+        # Decoders pydicom uses for JPEG Lossless, JPEG-LS, 12-bit JPEG, JPEG 2000 and RLE.
+        "pylibjpeg>=2.1,<3",
+        "pylibjpeg-libjpeg>=2.5,<3",
+        "pylibjpeg-openjpeg>=2.6,<3",
+        "pylibjpeg-rle>=2.2,<3",
         "Pillow>=13.0",
         "matplotlib>=3.11",
         # The clinician rater study (medpalm.rater): web app, server, database layer.

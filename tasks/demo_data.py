@@ -53,6 +53,7 @@ DATASETS = (
     "vindr_mammo",
     "cbis_ddsm",
     "precisionfda",
+    "montgomery",
 )
 
 
@@ -675,8 +676,10 @@ def _vindr_mammo(d: pathlib.Path, n: int, r: random.Random, rng) -> None:
   for split in ("training", "test"):
     for k in range(max(n, 5)):
       birads = 1 + k % 5
-      study, series, image = (f"{r.getrandbits(128):032x}" for _ in range(3))
-      laterality, view = r.choice(["L", "R"]), r.choice(["CC", "MLO"])
+      series, image = (f"{r.getrandbits(128):032x}" for _ in range(2))
+      if k % 2 == 0:  # a study's two breasts in one view, as the release has them
+        study, view = f"{r.getrandbits(128):032x}", r.choice(["CC", "MLO"])
+      laterality = "LR"[k % 2]
       img = class_image(rng, birads - 1, 5, height=128, width=96, dtype=np.uint16)
       mono1 = k % 3 == 2  # some scanners write MONOCHROME1 (inverted)
       write_dicom(
@@ -816,6 +819,27 @@ def _precisionfda(d: pathlib.Path, n: int, r: random.Random, rng) -> None:
     )
 
 
+def _montgomery(d: pathlib.Path, n: int, r: random.Random, rng) -> None:
+  """The NLM release layout: MontgomerySet/CXR_png/MCUCXR_<NNNN>_<label>.png (8-bit gray PNG)
+  and ClinicalReadings/<same>.txt; label 1 (tuberculosis) puts the disc on the right."""
+  base = d / "MontgomerySet"
+  for k in range(max(n, 4)):
+    label = k % 2
+    name = f"MCUCXR_{k + 1:04d}_{label}"
+    write_image(base / "CXR_png" / f"{name}.png", class_image(rng, label, 2, height=120, width=100))
+    reading = (
+        "normal"
+        if label == 0
+        else f"{r.choice(['right', 'left'])} upper lobe cavitary infiltrate, likely TB"
+    )
+    path = base / "ClinicalReadings" / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"Patient's Sex: {r.choice('MF')}\nPatient's Age: {r.randint(18, 80):03d}Y\n{reading}\n",
+        "utf-8",
+    )
+
+
 _WRITERS = {
     "medqa": _medqa,
     "medmcqa": _medmcqa,
@@ -829,6 +853,7 @@ _WRITERS = {
     "vindr_mammo": _vindr_mammo,
     "cbis_ddsm": _cbis_ddsm,
     "precisionfda": _precisionfda,
+    "montgomery": _montgomery,
 }
 
 

@@ -4,7 +4,8 @@ Task features (what a task's dataset yields, per example):
 
   inputs        int32[<= 966]  prompt tokens; the query's <img> is NUM_IMAGE_TOKENS placeholder ids
   targets       int32[<= 256]  " " + answer + "." tokens, then EOS
-  images        uint8[N, 224, 224, 3]  the query image(s); N = 1 in training (the paper: at most one)
+  images        uint8[N, 224, 224, 3]  the query image(s); N = 1 in training (the paper: at most one),
+                N = 2 for the zero-shot two-view report task (frontal, then lateral)
   image_mask    bool[N]        which rows of `images` are real (False: text-only task / padding)
 
 Model features (after the feature converter; T5X / SeqIO names, prefix-LM, no packing):
@@ -49,9 +50,13 @@ MODEL_FEATURES = (
 
 
 def task_feature_lengths(
-    inputs: int = INPUT_LENGTH, targets: int = TARGET_LENGTH, images: int = TRAIN_IMAGES
+    inputs: int | None = None, targets: int = TARGET_LENGTH, images: int = TRAIN_IMAGES
 ) -> dict[str, int]:
-  """``TASK_FEATURE_LENGTHS`` for seqio.get_dataset: token lengths and the image count N."""
+  """``TASK_FEATURE_LENGTHS`` for seqio.get_dataset: token lengths and the image count N.
+  ``inputs`` defaults to the paper's 710 text tokens plus NUM_IMAGE_TOKENS per image (966 for
+  one image, 1222 for the two-view report task's ``images=2``)."""
+  if inputs is None:
+    inputs = TEXT_INPUT_LENGTH + NUM_IMAGE_TOKENS * images
   return {INPUTS: inputs, TARGETS: targets, IMAGES: images, IMAGE_MASK: images}
 
 

@@ -3,8 +3,10 @@
 The model takes ``uint8[B, N, 224, 224, 3]`` and normalises inside (DESIGN.md §4-5), so this module
 ends at uint8 RGB. Steps, the same for every dataset:
 
-1. decode: PNG/JPEG with Pillow; DICOM with pydicom (JPEG-compressed transfer syntaxes through the
-   installed handlers, Pillow for JPEG baseline/extended and JPEG 2000), modality LUT (rescale),
+1. decode: PNG/JPEG with Pillow; DICOM with pydicom (compressed transfer syntaxes through its decoder
+   plug-ins: Pillow for 8-bit JPEG and some JPEG 2000; pylibjpeg, pinned with medpalm, for JPEG
+   Lossless (process 14), JPEG-LS lossless and near-lossless, 12-bit JPEG Extended, JPEG 2000
+   and RLE), modality LUT (rescale),
    then the file's first VOI window (WindowCenter/WindowWidth) or the pixel min–max to 8 bits,
    MONOCHROME1 inverted so that bright = dense everywhere;
 2. to RGB: 2-D or 1-channel → repeated 3 times; 2 channels (gray + alpha) → gray; 4 channels
@@ -111,13 +113,46 @@ def decode_raster(data: bytes, name: str) -> np.ndarray:
 def decode_dicom(data: bytes, name: str) -> np.ndarray:
   """DICOM bytes → ``uint8[H, W, 3]`` (first frame; windowed; MONOCHROME1 inverted)."""
   import pydicom
-  from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
   try:
     ds = pydicom.dcmread(io.BytesIO(data), force=name.lower().endswith(DICOM_SUFFIXES))
-    arr = ds.pixel_array
+    arr = dicom_pixel_array(ds)
   except Exception as e:  # pydicom raises many types for corrupt/truncated/unsupported data
     raise ValueError(f"{name}: cannot decode DICOM: {type(e).__name__}: {e}") from None
+  return dicom_to_rgb(arr, ds, name)
+
+
+# JPEG Baseline (process 1) and Extended (processes 2 & 4).
+_PILLOW_FIRST = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def dicom_pixel_array(ds) -> np.ndarray:
+  """``ds.pixel_array``, 8-bit JPEG decoded by Pillow first.
+
+  pylibjpeg's libjpeg returns pixels for some corrupt 8-bit JPEG streams without an error where
+  Pillow raises one, and a corrupt file must fail, not become noise. What Pillow does not
+  support (12-bit JPEG Extended) and every other syntax (JPEG Lossless, JPEG-LS, JPEG 2000 —
+  where openjpeg reads files Pillow rejects —, RLE) go to pydicom's default choice among the
+  installed decoders, pylibjpeg among them.
+  """
+  syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+  if syntax in _PILLOW_FIRST:
+    ds.pixel_array_options(decoding_plugin="pillow")
+    try:
+      return ds.pixel_array
+    except (RuntimeError, NotImplementedError) as e:
+      if "does not support" not in str(e):
+        raise
+    finally:
+      ds.pixel_array_options()
+  return ds.pixel_array
+
+
+def dicom_to_rgb(arr: np.ndarray, ds, name: str = "<dicom>") -> np.ndarray:
+  """A dataset's decoded ``pixel_array`` → ``uint8[H, W, 3]``: first frame, palette applied,
+  modality LUT, the first VOI window (else the VOI LUT, else min–max), MONOCHROME1 inverted."""
+  from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
   frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
   if frames > 1:
     arr = arr[0]

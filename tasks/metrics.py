@@ -265,6 +265,35 @@ def qa_accuracy(
   return out
 
 
+def tb_accuracy(targets, predictions) -> Metrics:
+  """Zero-shot tuberculosis accuracy (Table 4): the Yes/No answer to "Is it a normal chest
+  x-ray?" is extracted from the free-text prediction by tasks.postprocessors.extract_yes_no
+  (chain-of-thought text included) and compared with the target's. A prediction without an
+  answer is wrong and counted in ``no_answer_count``; its status gives the count per reason."""
+  from tasks.postprocessors import extract_yes_no  # pylint: disable=g-import-not-at-top
+
+  n = _check_lengths(targets, predictions)
+  if n == 0:
+    return {**_no_examples("accuracy", "no_answer_count"), "num_examples": 0.0}
+  correct, reasons = 0, collections.Counter()
+  for target, prediction in zip(targets, predictions):
+    answer, why = extract_yes_no(prediction)
+    if answer is None:
+      reasons[why] += 1
+    elif answer.lower() == normalize_answer(answer_of(target)):
+      correct += 1
+  out: Metrics = {
+      "accuracy": 100.0 * correct / n,
+      "num_examples": float(n),
+      "no_answer_count": float(sum(reasons.values())),
+  }
+  if reasons:
+    out["no_answer_count_status"] = _status(
+        "counted as wrong: " + "; ".join(f"{k} ({v})" for k, v in sorted(reasons.items()))
+    )
+  return out
+
+
 # ----------------------------------------------------------------------------- generated text
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -895,6 +924,19 @@ TASK_METRICS: dict[str, list[Callable]] = {
     "multimedbench_cbis_ddsm_mass": _classification(CBIS_DDSM_CLASSES),
     "multimedbench_cbis_ddsm_calc": _classification(CBIS_DDSM_CLASSES),
     "multimedbench_precisionfda": [genomics_metrics],
+}
+
+# The paper's evaluation-only experiments (tasks.multimedbench.EXPERIMENTS): Table 4 (zero-shot
+# TB, classification and chain-of-thought prompts), MIMIC-III's rare pairs, Table 5 (two-view).
+EXPERIMENT_METRICS: dict[str, list[Callable]] = {
+    "multimedbench_montgomery_tb": [tb_accuracy],
+    "multimedbench_montgomery_tb_cot": [tb_accuracy],
+    "multimedbench_mimic_iii_ood": [summarization_metrics, f1_radgraph],
+    "multimedbench_mimic_cxr_report_two_view": [
+        report_generation_metrics,
+        f1_radgraph,
+        chexbert_f1,
+    ],
 }
 
 # The class options a classification task's answers are matched against (its rank-scoring order).

@@ -59,7 +59,14 @@ from tasks import vocab as vocab_lib
 PREFIX = "multimedbench"
 TASKS = tuple(prompts.TEMPLATES)  # the 14 task suffixes, e.g. "vqa_rad"
 EVAL_ONLY = ("pubmedqa",)
-IMAGE_TASKS = tuple(t for t, tpl in prompts.TEMPLATES.items() if tpl.has_image)
+# The paper's further experiments, registered beside the 14 (evaluation only): zero-shot TB
+# (Table 4: classification prompt, and Fig. 3's chain of thought), MIMIC-III's five rare
+# anatomy-modality pairs, zero-shot two-view report generation (Table 5).
+EXPERIMENTS = tuple(prompts.EXPERIMENT_TEMPLATES)
+IMAGE_TASKS = tuple(t for t, tpl in prompts.ALL_TEMPLATES.items() if tpl.has_image)
+# Tasks whose examples hold more than one image, and how many (TASK_FEATURE_LENGTHS["images"]
+# must be at least that for them: tasks.features.task_feature_lengths(images=2)).
+IMAGES_PER_EXAMPLE = {"mimic_cxr_report_two_view": 2}
 
 # Table A.1 of the paper, in percent. CBIS-DDSM's 1.56 % is split between its two tasks in
 # proportion to the paper's training sizes (mass 1,318, calcification 1,544).
@@ -78,6 +85,24 @@ MIXTURE_RATES: dict[str, float] = {
     "precisionfda": 1.56,
     "vqa_rad": 0.15,
 }
+
+
+def rates_without(task: str, rates: Mapping[str, float] | None = None) -> dict[str, float]:
+  """The mixture without ``task``, its rate handed to the others in proportion to their own
+  rates (the paper's positive-transfer ablation, Table 6, removes MIMIC-CXR classification and
+  does not say how its 11.98 % was redistributed). The result sums to 100 %; the ratio between
+  any two remaining tasks is the full mixture's."""
+  rates = dict(MIXTURE_RATES if rates is None else rates)
+  if task not in rates:
+    raise KeyError(f"{task!r} is not in the mixture; it has {', '.join(rates)}")
+  del rates[task]
+  total = sum(rates.values())
+  return {t: 100.0 * r / total for t, r in rates.items()}
+
+
+# Table 6: the 84B model retrained without the MIMIC-CXR classification task.
+ABLATION_MIXTURE = "without_cxr_classification"
+ABLATION_RATES = rates_without("mimic_cxr_classification")
 MULTIPLE_CHOICE = (
     "medqa",
     "medmcqa",
@@ -104,6 +129,7 @@ def data_config(
     dataset_dirs: Mapping[str, str] | None = None,
     prepared_dir: str | None = None,
     on_error: str = "raise",
+    reader_options: Mapping[str, Mapping] | None = None,
 ) -> dict:
   """Gin-bindable data locations, read when a dataset is built (not at import).
 
@@ -113,17 +139,28 @@ def data_config(
     <data_dir>/prepared).
   on_error: what the text readers do with an invalid record: "raise" (an error naming file,
     line and field) or "skip" (skipped, counted and logged by the reader).
+  reader_options: per-dataset keyword options of the text readers' ``read``, e.g.
+    {"mimic_iii": {"split_ids_dir": "/data/van_veen_split"}} (image datasets take theirs at
+    ``python -m tasks.prepare --reader_options``).
   """
   return {
       "data_dir": data_dir,
       "dataset_dirs": dict(dataset_dirs or {}),
       "prepared_dir": prepared_dir,
       "on_error": on_error,
+      "reader_options": {k: dict(v) for k, v in (reader_options or {}).items()},
   }
 
 
+# Two-view studies are prepared (both images stacked) only for evaluation; the training split
+# serves the text-only exemplar.
+EVAL_SPLITS = {"mimic_cxr_report_two_view": ("validation", "test")}
+
+
 def split_names(task: str) -> tuple[str, ...]:
-  return tuple(readers.get_module(readers.TASK_READERS[task][0]).SPLITS)
+  if task in EVAL_SPLITS:
+    return EVAL_SPLITS[task]
+  return tuple(readers.get_module(readers.ALL_TASK_READERS[task][0]).SPLITS)
 
 
 # Classification tasks whose metrics include macro-AUC: their score-based metrics
@@ -143,12 +180,16 @@ def canonical_name(task: str) -> str:
   return f"{PREFIX}_{task}"
 
 
+TB_TASKS = ("montgomery_tb", "montgomery_tb_cot")
+
+
 def metric_fns(task: str) -> list:
   """The paper's metrics of a task (tasks.metrics.TASK_METRICS). Generation metrics take the
   postprocessed decode; score-based ones (macro-AUC of the RANK_CLASSIFIED tasks) take
   per-option log-likelihoods, float[C] per example, which medpalm.evaluation's score function
   produces by rank classification."""
-  return list(metrics.TASK_METRICS[canonical_name(task)])
+  name = canonical_name(task)
+  return list(metrics.TASK_METRICS.get(name) or metrics.EXPERIMENT_METRICS[name])
 
 
 def postprocess_fn(task: str):
@@ -157,6 +198,8 @@ def postprocess_fn(task: str):
   ``answer`` of the mapping tasks.metrics reads (postprocessors.TargetFields)."""
   if task in VQA:
     base = postprocessors.normalize_lower
+  elif task in TB_TASKS:  # free text (CoT): metrics.tb_accuracy extracts the Yes/No itself
+    base = postprocessors.normalize
   elif task in _TASK_OPTIONS:  # fixed class set: canonical option text
     base = postprocessors.OptionPostprocessor(_TASK_OPTIONS[task])
   else:
@@ -218,11 +261,11 @@ class TaskConfig:
 
   @property
   def dataset(self) -> str:
-    return readers.TASK_READERS[self.task][0]
+    return readers.ALL_TASK_READERS[self.task][0]
 
   @property
   def template(self) -> prompts.Template:
-    return prompts.TEMPLATES[self.task]
+    return prompts.ALL_TEMPLATES[self.task]
 
 
 def _prepare():
@@ -252,7 +295,14 @@ def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path
   """Records of one split (+ the prepared split directory and manifest for image tasks)."""
   ddir, proot = _locations(cfg)
   if cfg.task not in IMAGE_TASKS:
-    result = readers.read_task(cfg.task, split, data_dir=ddir, on_error=data_config()["on_error"])
+    conf = data_config()
+    result = readers.read_task(
+        cfg.task,
+        split,
+        data_dir=ddir,
+        on_error=conf["on_error"],
+        **conf["reader_options"].get(cfg.dataset, {}),
+    )
     return result.records, None, {}
   if proot is None:
     raise _prepare().NotPreparedError(
@@ -268,7 +318,10 @@ def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path
 
 @functools.lru_cache(maxsize=64)
 def _exemplar_pool(cfg: TaskConfig) -> tuple[tuple[dict, ...], tuple[str, ...]]:
-  """(pool records, rendered exemplar texts) drawn from the training split."""
+  """(pool records, rendered exemplar texts) drawn from the training split; a template's
+  hand-written exemplars are its whole table (no pool records)."""
+  if cfg.template.fixed_exemplars:
+    return (), tuple(cfg.template.fixed_exemplars)
   if cfg.template.num_shots == 0:
     return (), ()
   train, _, _ = _read_records(cfg, "train")
@@ -293,6 +346,7 @@ def _table(cfg: TaskConfig, split: str) -> _Table:
   template = cfg.template
   pool, _ = _exemplar_pool(cfg)
   k = template.num_shots
+  groups = prompts.exemplar_groups(pool, template.match_keys)
   ids, queries, exemplars, targets = [], [], [], []
   for r in records:
     query = template.query(r)
@@ -300,7 +354,10 @@ def _table(cfg: TaskConfig, split: str) -> _Table:
       raise ValueError(
           f"{cfg.name}: record {r.get('id')!r} renders an unexpected segment " "layout"
       )
-    picks = prompts.choose_exemplars(r, pool, k, salt=cfg.task)
+    if template.fixed_exemplars:
+      picks = list(range(k))
+    else:
+      picks = prompts.choose_exemplars(r, pool, k, cfg.task, template.match_keys, groups)
     ids.append(str(r["id"]))
     queries.append([s.text for s in query])
     exemplars.append(picks + [-1] * (k - len(picks)))
@@ -384,9 +441,9 @@ def _parse_image(size: int):
       "image": tf.io.FixedLenFeature([], tf.string),
   }
 
-  def parse(record):
+  def parse(record):  # uint8[N, size, size, 3]: N = 1, or a multi-image example's images
     ex = tf.io.parse_single_example(record, spec)
-    image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), [size, size, 3])
+    image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), [-1, size, size, 3])
     return ex["key"], image
 
   return parse
@@ -445,14 +502,24 @@ def _image_dataset(
     _, image = image_record
     n = tf.shape(group["id"])[0]
     per_example = dict(group)
-    per_example["images"] = tf.repeat(image[tf.newaxis, tf.newaxis], n, axis=0)
-    per_example["image_mask"] = tf.ones([n, 1], tf.bool)
+    per_example["images"] = tf.repeat(image[tf.newaxis], n, axis=0)
+    per_example["image_mask"] = tf.ones([n, tf.shape(image)[0]], tf.bool)
     return tf.data.Dataset.from_tensor_slices(per_example)
 
   order_ds = tf.data.Dataset.range(len(manifest["shards"]))
   if shuffle:
     order_ds = order_ds.shuffle(len(manifest["shards"]), seed=seed, reshuffle_each_iteration=True)
-  return order_ds.interleave(shard, cycle_length=min(4, len(manifest["shards"]))).flat_map(expand)
+  ds = order_ds.interleave(shard, cycle_length=min(4, len(manifest["shards"]))).flat_map(expand)
+  # A dataset's shards also hold other tasks' images (a two-view study's stacked pair beside
+  # single images), so the image count is only known per task: fix it here.
+  count, s = IMAGES_PER_EXAMPLE.get(cfg.task, 1), cfg.image_size
+  return ds.map(
+      lambda ex: {
+          **ex,
+          "images": tf.ensure_shape(ex["images"], [count, s, s, 3]),
+          "image_mask": tf.ensure_shape(ex["image_mask"], [count]),
+      }
+  )
 
 
 # Train-time augmentation where the paper names one (tasks.images: pure functions of image, seed).
@@ -614,7 +681,9 @@ def register_all(
     shuffle_buffer_size: int = SHUFFLE_BUFFER,
 ) -> list[str]:
   """Registers the 14 tasks ``<prefix>_<task>`` and the mixtures ``<prefix>``,
-  ``<prefix>_eval``, ``<prefix>_demo``; returns the task names.
+  ``<prefix>_eval``, ``<prefix>_demo``, ``<prefix>_without_cxr_classification`` (Table 6's
+  ablation); returns the 14 task names. The paper's evaluation-only experiments (EXPERIMENTS)
+  are registered too, as ``<prefix>_<experiment>`` (see `experiment_names`).
 
   ``import tasks`` calls this once with the defaults (paper settings: 256 image tokens at
   224×224, vocabulary from $MEDPALM_SPM_MODEL). Tests register a second set under another
@@ -622,7 +691,7 @@ def register_all(
   """
   vocabulary = vocabulary or vocab_lib.get_vocabulary()
   names = []
-  for task in TASKS:
+  for task in TASKS + EXPERIMENTS:
     cfg = TaskConfig(
         task=task,
         name=f"{prefix}_{task}",
@@ -633,15 +702,21 @@ def register_all(
         prepared_dir=prepared_dir,
     )
     register(cfg, vocabulary, shuffle_buffer_size)
-    names.append(cfg.name)
-  for name in (prefix, f"{prefix}_eval", f"{prefix}_demo"):
+    if task in TASKS:
+      names.append(cfg.name)
+  ablation = f"{prefix}_{ABLATION_MIXTURE}"
+  for name in (prefix, f"{prefix}_eval", f"{prefix}_demo", ablation):
     seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(
-      prefix,
-      [(f"{prefix}_{t}", r) for t, r in MIXTURE_RATES.items()],
-      sample_fn=proportional_interleave,
-  )
+  for name, rates in ((prefix, MIXTURE_RATES), (ablation, ABLATION_RATES)):
+    seqio.MixtureRegistry.add(
+        name, [(f"{prefix}_{t}", r) for t, r in rates.items()], sample_fn=proportional_interleave
+    )
   seqio.MixtureRegistry.add(f"{prefix}_eval", names, default_rate=1.0)
   demo = demo_tasks or tuple(t for t in TASKS if t not in EVAL_ONLY)
   seqio.MixtureRegistry.add(f"{prefix}_demo", [f"{prefix}_{t}" for t in demo], default_rate=1.0)
   return names
+
+
+def experiment_names(prefix: str = PREFIX) -> list[str]:
+  """The registered names of the paper's evaluation-only experiments."""
+  return [f"{prefix}_{t}" for t in EXPERIMENTS]

@@ -109,3 +109,49 @@ class TargetFields:
 
   def __repr__(self) -> str:
     return f"TargetFields({self.postprocess!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Yes/No answers in free text (the zero-shot tuberculosis tasks, chain of thought included)
+
+_CUE = re.compile(r"^\s*(?:a|answer)\s*:\s*", re.IGNORECASE)
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_NOT_NORMAL = re.compile(
+    r"\b(?:not|isn't|is\s+not|no\s+longer)\s+(?:a\s+|an\s+|completely\s+|entirely\s+)?normal\b"
+    r"|\babnormal(?:ity|ities)?\b"
+)
+_NORMAL = re.compile(
+    r"\b(?:is|are|appears?|looks?|seems?|within)\s+(?:a\s+|to\s+be\s+(?:a\s+)?)?normal\b"
+)
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is|:)\s*(yes|no)\b")
+
+
+def extract_yes_no(text) -> tuple[str | None, str]:
+  """(``"Yes"`` | ``"No"`` | None, the rule that decided) for an answer to "Is it a normal chest
+  x-ray?", written freely (a chain of thought included). The rule, in order:
+
+  1. a leading ``A:`` / ``Answer:`` cue is dropped;
+  2. the first word is ``yes`` or ``no`` → that answer ("No, there is a cavity ...");
+  3. otherwise a conclusion: the last "answer is yes/no" / "answer: yes/no", else a ``yes`` /
+     ``no`` that is the text's last word ("... so, no"). A "no" inside a sentence ("there is
+     no effusion") is a finding, not an answer, and is not read as one;
+  4. otherwise a statement about normality: "not normal" / "abnormal" → No, "is / appears /
+     looks normal" → Yes (negation checked first);
+  5. otherwise None: no answer found; the example counts as wrong (``reason`` says why).
+  """
+  text = _CUE.sub("", _as_str(text)).strip().lower()
+  words = _WORD.findall(text)
+  if not words:
+    return None, "empty answer"
+  if words[0] in ("yes", "no"):
+    return words[0].capitalize(), "leading yes/no"
+  stated = _ANSWER_IS.findall(text)
+  if stated:
+    return stated[-1].capitalize(), "concluding 'answer is yes/no'"
+  if words[-1] in ("yes", "no"):
+    return words[-1].capitalize(), "yes/no at the end"
+  if _NOT_NORMAL.search(text):
+    return "No", "states the image is not normal"
+  if _NORMAL.search(text):
+    return "Yes", "states the image is normal"
+  return None, "no yes/no answer and no statement about normality"

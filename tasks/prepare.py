@@ -32,6 +32,7 @@ import sys
 from typing import Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from tasks import images as image_lib
 from tasks import readers
@@ -48,8 +49,12 @@ IMAGE_DATASETS = (
     "vindr_mammo",
     "cbis_ddsm",
     "precisionfda",
+    "montgomery",
 )
 VERSION = 1
+# Multi-image records (``image_paths``) whose images are prepared only for these splits: the
+# two-view task is evaluation-only, its training records serve as text-only exemplars.
+IMAGES_ONLY_FOR = {"mimic_cxr_report_two_view": ("validation", "test")}
 
 
 class NotPreparedError(FileNotFoundError):
@@ -57,8 +62,9 @@ class NotPreparedError(FileNotFoundError):
 
 
 def dataset_tasks(dataset: str) -> list[str]:
-  """The multimedbench task suffixes served by one dataset (mimic_cxr → report + classification)."""
-  return [t for t, (module, _) in readers.TASK_READERS.items() if module == dataset]
+  """The multimedbench task suffixes served by one dataset (mimic_cxr → report + classification
+  + two-view report), the evaluation-only experiments included."""
+  return [t for t, (module, _) in readers.ALL_TASK_READERS.items() if module == dataset]
 
 
 def prepared_root(prepared_dir=None, data_dir=None) -> pathlib.Path:
@@ -79,8 +85,34 @@ def split_dir(root: pathlib.Path, dataset: str, image_size: int, split: str) -> 
 
 
 def image_key(record: dict) -> str:
-  """Records with the same key share one prepared image (an image file, or the record itself)."""
+  """Records with the same key share one prepared image (an image file, or the record itself).
+  A multi-image record (``image_paths``) is one prepared entry holding its images stacked
+  (``uint8[N, size, size, 3]``), or, with ``image_layout == "side_by_side"``, composed into one
+  image (VinDr-Mammo's bilateral view)."""
+  if record.get("image_paths"):
+    layout = record.get("image_layout", "stack")
+    return f"{layout}:" + "|".join(record["image_paths"])
   return record["image_path"] if record.get("image_path") else f"id:{record['id']}"
+
+
+def image_source(record: dict):
+  """What `_load` decodes for a record: a path, a pileup array, or (layout, paths)."""
+  if record.get("image_paths"):
+    return (record.get("image_layout", "stack"), tuple(record["image_paths"]))
+  return record["image_path"] if record.get("image_path") else record["image"]
+
+
+def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
+  """``uint8[H_i, W_i, 3]`` images → one ``uint8[H, sum W, 3]``, each scaled to the tallest
+  height (aspect kept), left to right in the given order."""
+  height = max(im.shape[0] for im in images)
+  scaled = []
+  for im in images:
+    if im.shape[0] != height:
+      width = max(1, round(im.shape[1] * height / im.shape[0]))
+      im = np.asarray(Image.fromarray(im).resize((width, height), Image.BICUBIC))
+    scaled.append(im)
+  return np.concatenate(scaled, axis=1)
 
 
 def shard_name(index: int, count: int) -> str:
@@ -93,6 +125,12 @@ def _load(item) -> tuple[str, np.ndarray | None, str | None]:
   try:
     if isinstance(source, np.ndarray):
       return key, image_lib.pileup_to_image(source, size), None
+    if isinstance(source, tuple):
+      layout, paths = source
+      if layout == "side_by_side":
+        images = [image_lib.decode_image(p) for p in paths]
+        return key, image_lib.resize_and_pad(side_by_side(images), size), None
+      return key, np.stack([image_lib.load_image(p, size) for p in paths]), None
     return key, image_lib.load_image(source, size), None
   except (ValueError, OSError) as e:
     return key, None, f"{source if isinstance(source, str) else key}: {e}"
@@ -145,9 +183,11 @@ def prepare_split(
     on_error: str = "raise",
     pool=None,
     progress_bar: bool = True,
+    reader_options: dict | None = None,
 ) -> dict:
   """Prepares one split of one dataset; returns its manifest (dict). ``pool``: an optional
-  multiprocessing pool that decodes images in parallel."""
+  multiprocessing pool that decodes images in parallel. ``reader_options``: keyword options of
+  the dataset's reader (e.g. PrecisionFDA ``{"regions": "paper"}``)."""
   from tqdm import tqdm
 
   out = split_dir(root, dataset, image_size, split)
@@ -160,10 +200,14 @@ def prepare_split(
   per_task: dict[str, list[dict]] = {}
   sources: dict[str, object] = {}
   for task in dataset_tasks(dataset):
-    result = readers.read_task(task, split, data_dir=data_dir, on_error=on_error)
+    result = readers.read_task(
+        task, split, data_dir=data_dir, on_error=on_error, **(reader_options or {})
+    )
     per_task[task] = result.records
+    if split not in IMAGES_ONLY_FOR.get(task, (split,)):
+      continue
     for r in result.records:
-      sources.setdefault(image_key(r), r["image_path"] if r.get("image_path") else r["image"])
+      sources.setdefault(image_key(r), image_source(r))
   keys = list(sources)
   keys_path = out / "keys.json"
   if keys_path.exists() and json.loads(keys_path.read_text()) != keys:
@@ -198,6 +242,8 @@ def prepare_split(
   counts = {}
   for task, records in per_task.items():
     kept = [r for r in records if image_key(r) not in bad]
+    if split not in IMAGES_ONLY_FOR.get(task, (split,)):
+      kept = records  # text-only exemplars: no prepared image
     counts[task] = len(kept)
     with open(out / f"records-{task}.jsonl", "w", encoding="utf-8") as f:
       for r in kept:
@@ -227,10 +273,12 @@ def prepare(
     on_error: str = "raise",
     num_workers: int = 0,
     progress_bar: bool = True,
+    reader_options: dict[str, dict] | None = None,
 ) -> dict[str, dict[str, dict]]:
   """Prepares every split of ``datasets`` (default: all image datasets present).
 
   ``data_dir`` is the root holding one sub-directory per dataset (default $MEDPALM_DATA_DIR).
+  ``reader_options``: {dataset: keyword options of its reader}.
   Returns {dataset: {split: manifest}}.
   """
   datasets = list(datasets)
@@ -273,6 +321,7 @@ def prepare(
             on_error=on_error,
             pool=pool,
             progress_bar=progress_bar,
+            reader_options=(reader_options or {}).get(dataset),
         )
   finally:
     if pool:
@@ -315,6 +364,12 @@ def main(argv=None) -> None:
   parser.add_argument("--shard_size", type=int, default=1000)
   parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--on_error", choices=("raise", "skip"), default="raise")
+  parser.add_argument(
+      "--reader_options",
+      type=json.loads,
+      default=None,
+      help='JSON {dataset: {option: value}}, e.g. \'{"precisionfda": {"regions": "paper"}}\'',
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   result = prepare(
@@ -325,6 +380,7 @@ def main(argv=None) -> None:
       shard_size=args.shard_size,
       on_error=args.on_error,
       num_workers=args.num_workers,
+      reader_options=args.reader_options,
   )
   for dataset, splits in result.items():
     for split, m in splits.items():

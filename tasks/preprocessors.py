@@ -148,6 +148,7 @@ def _prompt_features(
     num_shots: int,
     num_image_tokens: int,
     input_length: int | None,
+    image_room: int,
     placeholder_id: int,
 ) -> dict[str, tf.Tensor]:
   texts, tokens, roles = [], [], []
@@ -176,7 +177,7 @@ def _prompt_features(
   if input_length is None:  # no budget (e.g. seqio eval with sequence_length=None)
     kept_len, stats = lengths, {n: tf.constant(0, tf.int32) for n in BUDGET_FEATURES}
   else:
-    kept_len, stats = budget_lengths(lengths, roles, input_length - num_image_tokens)
+    kept_len, stats = budget_lengths(lengths, roles, input_length - image_room)
   kept, splits = keep_middle_out(tokens, kept_len)
   parts = []
   for i, image in enumerate(is_image):
@@ -216,17 +217,19 @@ def make_prompt_preprocessor(
   indexes it). The instruction and the table are tokenized once, in Python; only the query and
   the target are tokenized per example. Text is budgeted to ``sequence_length["inputs"] -
   num_image_tokens`` tokens for every task (the reserved image room is constant), so inputs
-  never exceed ``sequence_length["inputs"]``.
+  never exceed ``sequence_length["inputs"]``; a query with several images (two-view reports)
+  reserves ``num_image_tokens`` per image, each image's placeholders where its ``<img>`` is.
   """
   roles = tuple(Role(r) for r in query_roles)
+  image_room = num_image_tokens * max(1, sum(r == Role.IMAGE for r in roles))
 
   def preprocessor(ds, sequence_length=None, output_features=None):
     vocabulary = output_features["inputs"].vocabulary
     length = None if not sequence_length else sequence_length.get("inputs")
-    if length is not None and length <= num_image_tokens:
+    if length is not None and length <= image_room:
       raise ValueError(
           f"sequence_length['inputs']={length} leaves no room for text next to "
-          f"{num_image_tokens} image tokens"
+          f"{image_room} image tokens"
       )
     fn = functools.partial(
         _prompt_features,
@@ -236,6 +239,7 @@ def make_prompt_preprocessor(
         num_shots=num_shots,
         num_image_tokens=num_image_tokens,
         input_length=length,
+        image_room=image_room,
         placeholder_id=vocabulary.image_placeholder_id,
     )
     return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)

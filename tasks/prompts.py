@@ -20,10 +20,20 @@ their own lines, which is what we do):
   example itself nor a record sharing its study / image (for MIMIC-CXR every image of a study
   carries the same report, so a same-study exemplar would leak the target).
 
-PubMedQA's prompt is not given in the paper; ours reuses the QA format with the abstract as a
-CONTEXT segment and its own instruction (below). CBIS-DDSM has no instruction line in the paper's
-example, so none is used. The paper's VQA examples show question-type suffixes such as
-"(closed domain)"; the templates here do not, so none are appended.
+Where the paper gives no text, ours is marked as such (see ``PAPER_GIVES_NO_TEXT``): PubMedQA
+reuses the QA format with the abstract as a CONTEXT segment and its own instruction; CBIS-DDSM has
+no instruction line in the paper's example, so none is used; the zero-shot (non-CoT) tuberculosis
+prompt and the two-view report prompt are ours.
+
+VQA question types, as the paper's Table A.10 examples carry them inside the question: VQA-RAD
+``answer_type`` CLOSED → ``(closed domain)``, OPEN → ``(open domain)``; Path-VQA the release's
+answer-type vocabulary, CLOSED (yes/no answers) → ``(yes/no)``, OPEN → ``(other)`` (the paper
+shows only ``(other)``); Slake none (the paper's Slake example has no suffix).
+
+Exemplars are drawn among training records of the query's own ``condition`` and ``view`` where the
+task's records have them (``Template.match_keys``; MIMIC-CXR, VinDr-Mammo), as in the paper's
+examples; without such a record any eligible one is drawn. The tuberculosis tasks use the
+paper's hand-written exemplar (``Template.fixed_exemplars``), not a training record.
 """
 
 from __future__ import annotations
@@ -185,6 +195,22 @@ def vqa_query(r: Mapping) -> list[Segment]:
   return [_q("Given "), _image(), _q(f". Q: {r['question'].strip()}\n"), _cue()]
 
 
+VQA_RAD_QUESTION_TYPES = {"CLOSED": "closed domain", "OPEN": "open domain"}
+PATH_VQA_QUESTION_TYPES = {"CLOSED": "yes/no", "OPEN": "other"}
+
+
+def _typed_vqa_query(types: Mapping[str, str]):
+  def query(r: Mapping) -> list[Segment]:
+    kind = types[str(r["answer_type"]).strip().upper()]
+    return [_q("Given "), _image(), _q(f". Q: {r['question'].strip()} ({kind})\n"), _cue()]
+
+  return query
+
+
+vqa_rad_query = _typed_vqa_query(VQA_RAD_QUESTION_TYPES)
+path_vqa_query = _typed_vqa_query(PATH_VQA_QUESTION_TYPES)
+
+
 def cxr_report_query(r: Mapping) -> list[Segment]:
   indication = without_period(r.get("indication") or "") or "unknown"
   return [
@@ -225,8 +251,13 @@ _LATERALITY = {"L": "left", "R": "right", "LEFT": "left", "RIGHT": "right"}
 _MAMMO_VIEW = {"CC": "craniocaudal", "MLO": "mediolateral oblique"}
 
 
+_LATERALITY["B"] = "bilateral"
+
+
 def vindr_view(laterality: str, view: str) -> str:
-  """``L``, ``CC`` → ``left craniocaudal`` (the paper prints e.g. "bilateral craniocaudal")."""
+  """``L``, ``CC`` → ``left craniocaudal``; ``B`` (both breasts side by side in one image,
+  tasks.readers.vindr_mammo ``bilateral=True``), ``CC`` → ``bilateral craniocaudal``, the
+  paper's wording."""
   side = _LATERALITY.get(laterality.upper(), laterality.lower())
   return f"{side} {_MAMMO_VIEW.get(view.upper(), view.lower())}"
 
@@ -280,12 +311,18 @@ class Template:
   query: record → query segments; the roles must be the same for every record of the task
     (the TF side relies on a static layout).
   answer_field: the record field holding the target text.
+  fixed_exemplars: exemplar texts (each ending with "\\n") used as they are for every query,
+    instead of drawing from the training split (the paper's hand-crafted TB exemplar).
+  match_keys: record fields an exemplar must share with its query when the pool has such a
+    record (condition / view).
   """
 
   instruction: str
   num_shots: int
   query: Callable[[Mapping], list[Segment]]
   answer_field: str = "answer"
+  fixed_exemplars: tuple[str, ...] = ()  # hand-written exemplar texts used for every query
+  match_keys: tuple[str, ...] = ()  # exemplars share these record fields with the query
 
   @property
   def has_image(self) -> bool:
@@ -309,9 +346,10 @@ class Template:
     return "".join(s.text for s in self.query(record)) + " " + self.target(record) + "\n"
 
   def render(self, record: Mapping, exemplars: Sequence[Mapping] = ()) -> Prompt:
+    texts = self.fixed_exemplars or tuple(self.exemplar(e) for e in exemplars)
     return Prompt(
         instruction=self.instruction + "\n" if self.instruction else "",
-        exemplars=tuple(self.exemplar(e) for e in exemplars),
+        exemplars=tuple(texts),
         query=tuple(self.query(record)),
         target=self.target(record),
     )
@@ -329,6 +367,8 @@ _PROBE = {
     "history": [("Age", "1")],
     "laterality": "L",
     "abnormality": "mass",
+    "answer_type": "OPEN",
+    "views": ["PA", "LATERAL"],
 }
 _ROLE_CACHE: dict[Callable, tuple[Role, ...]] = {}
 for _fn in (
@@ -336,6 +376,8 @@ for _fn in (
     pubmedqa_query,
     mimic_iii_query,
     vqa_query,
+    vqa_rad_query,
+    path_vqa_query,
     cxr_report_query,
     cxr_classification_query,
     pad_ufes_query,
@@ -345,26 +387,105 @@ for _fn in (
 ):
   _ROLE_CACHE[_fn] = tuple(s.role for s in _fn(_PROBE))
 
-# Keys are the multimedbench_<key> task names. Shots per the paper's Table A.1 (PubMedQA: issue).
+# Keys are the multimedbench_<key> task names. Shots per the paper's Table A.1 (PubMedQA, not in
+# it: 2, as MedQA and MedMCQA).
 TEMPLATES: dict[str, Template] = {
     "medqa": Template(QA_INSTRUCTION, 2, qa_query),
     "medmcqa": Template(QA_INSTRUCTION, 2, qa_query),
     "pubmedqa": Template(PUBMEDQA_INSTRUCTION, 2, pubmedqa_query),
     "mimic_iii": Template(MIMIC_III_INSTRUCTION, 0, mimic_iii_query, answer_field="impression"),
-    "vqa_rad": Template(VQA_INSTRUCTION, 1, vqa_query),
+    "vqa_rad": Template(VQA_INSTRUCTION, 1, vqa_rad_query),
     "slake": Template(VQA_INSTRUCTION, 1, vqa_query),
-    "path_vqa": Template(VQA_INSTRUCTION, 1, vqa_query),
+    "path_vqa": Template(VQA_INSTRUCTION, 1, path_vqa_query),
     "mimic_cxr_report": Template(
-        CXR_REPORT_INSTRUCTION, 1, cxr_report_query, answer_field="findings"
+        CXR_REPORT_INSTRUCTION, 1, cxr_report_query, answer_field="findings", match_keys=("view",)
     ),
     "mimic_cxr_classification": Template(
-        CXR_CLASSIFICATION_INSTRUCTION, 1, cxr_classification_query
+        CXR_CLASSIFICATION_INSTRUCTION,
+        1,
+        cxr_classification_query,
+        match_keys=("condition", "view"),
     ),
     "pad_ufes_20": Template(PAD_UFES_INSTRUCTION, 1, pad_ufes_query),
-    "vindr_mammo": Template(VINDR_INSTRUCTION, 1, vindr_query),
+    "vindr_mammo": Template(VINDR_INSTRUCTION, 1, vindr_query, match_keys=("view",)),
     "cbis_ddsm_mass": Template("", 0, cbis_ddsm_query),
     "cbis_ddsm_calc": Template("", 0, cbis_ddsm_query),
     "precisionfda": Template(GENOMICS_INSTRUCTION, 0, genomics_query),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's experiments beyond the 14 training tasks (evaluation only)
+
+TB_QUESTION = "Is it a normal chest x-ray?"
+# Fig. 3, verbatim: the chain-of-thought instruction and its hand-written, image-free exemplar.
+TB_COT_INSTRUCTION = (
+    "Instructions: You are a helpful radiology assistant. The following are questions about "
+    "tuberculosis vs normal chest X-rays. Solve it step by step, output a Yes/No answer and "
+    "explanation."
+)
+TB_COT_EXEMPLAR = (
+    f"Given {IMG}. Q: {TB_QUESTION} A: No, there is some re-accommodation of pleural fluid along "
+    "lateral left chest wall.\n"
+)
+# Table 4's classification prompt is described ("a two-choice question answering task ...
+# with a text-only one-shot exemplar") but not printed: ours is Fig. 3's with the instruction
+# asking for the Yes/No answer only and the hand-written exemplar answering with it.
+TB_INSTRUCTION = (
+    "Instructions: You are a helpful radiology assistant. The following are questions about "
+    "tuberculosis vs normal chest X-rays. Output a Yes/No answer."
+)
+TB_EXEMPLAR = f"Given {IMG}. Q: {TB_QUESTION}\nA: No.\n"
+
+
+def tb_query(r: Mapping) -> list[Segment]:
+  del r  # the same question for every image
+  return [_q("Given "), _image(), _q(f". Q: {TB_QUESTION}\n"), _cue()]
+
+
+def tb_cot_query(r: Mapping) -> list[Segment]:
+  """Fig. 3's query ends with the question (no answer cue): the model writes its reasoning."""
+  del r
+  return [_q("Given "), _image(), _q(f". Q: {TB_QUESTION}")]
+
+
+def cxr_two_view_query(r: Mapping) -> list[Segment]:
+  """Two images in one prompt (ours: the paper does not print its two-view prompt). The frontal
+  view comes first, then the lateral one, each named as in the single-view prompt."""
+  frontal, lateral = r["views"]
+  indication = without_period(r.get("indication") or "") or "unknown"
+  return [
+      _q(f"Given the {frontal} view X-ray image "),
+      _image(),
+      _q(f" and the {lateral} view X-ray image "),
+      _image(),
+      _q(". Reason for the study: "),
+      Segment(Role.CONTEXT, indication),
+      _q(".\nQ: Describe the findings in the images following the instructions.\n"),
+      _cue(),
+  ]
+
+
+for _fn in (tb_query, tb_cot_query, cxr_two_view_query):
+  _ROLE_CACHE[_fn] = tuple(s.role for s in _fn(_PROBE))
+
+EXPERIMENT_TEMPLATES: dict[str, Template] = {
+    "montgomery_tb": Template(TB_INSTRUCTION, 1, tb_query, fixed_exemplars=(TB_EXEMPLAR,)),
+    "montgomery_tb_cot": Template(
+        TB_COT_INSTRUCTION, 1, tb_cot_query, fixed_exemplars=(TB_COT_EXEMPLAR,)
+    ),
+    "mimic_iii_ood": TEMPLATES["mimic_iii"],
+    "mimic_cxr_report_two_view": Template(
+        CXR_REPORT_INSTRUCTION, 1, cxr_two_view_query, answer_field="findings"
+    ),
+}
+ALL_TEMPLATES: dict[str, Template] = {**TEMPLATES, **EXPERIMENT_TEMPLATES}
+
+# Where the paper prints no prompt text, what we use (README: "The prompts").
+PAPER_GIVES_NO_TEXT = {
+    "pubmedqa": "QA format with the abstract as context and PUBMEDQA_INSTRUCTION",
+    "montgomery_tb": "Fig. 3's prompt asking for the Yes/No answer only (TB_INSTRUCTION)",
+    "mimic_cxr_report_two_view": "the single-view prompt naming both views (cxr_two_view_query)",
 }
 
 
@@ -397,11 +518,36 @@ def exemplar_pool(records: Sequence[Mapping], max_size: int, salt: str) -> list[
   return ranked[:max_size]
 
 
-def choose_exemplars(record: Mapping, pool: Sequence[Mapping], k: int, salt: str) -> list[int]:
+def match_value(record: Mapping, keys: Sequence[str]) -> tuple | None:
+  """The record's values of ``keys`` (None when it lacks one: nothing to match on)."""
+  values = tuple(record.get(k) for k in keys)
+  return values if keys and all(v not in (None, "") for v in values) else None
+
+
+def exemplar_groups(pool: Sequence[Mapping], keys: Sequence[str]) -> dict[tuple, list[int]]:
+  """Pool indices per value of ``keys`` (build once per pool; see choose_exemplars)."""
+  groups: dict[tuple, list[int]] = {}
+  for i, r in enumerate(pool):
+    value = match_value(r, keys)
+    if value is not None:
+      groups.setdefault(value, []).append(i)
+  return groups
+
+
+def choose_exemplars(
+    record: Mapping,
+    pool: Sequence[Mapping],
+    k: int,
+    salt: str,
+    match_keys: Sequence[str] = (),
+    groups: Mapping[tuple, Sequence[int]] | None = None,
+) -> list[int]:
   """Indices of ``k`` distinct pool records, a pure function of (salt, record id, pool).
 
-  Never the record itself nor one of its exemplar_group. Returns fewer than ``k`` when the
-  pool has fewer eligible records.
+  Never the record itself nor one of its exemplar_group. With ``match_keys`` the exemplars are
+  drawn first among pool records with the query's values of those fields (``groups`` =
+  exemplar_groups(pool, match_keys), computed here when not given), then, if too few, among the
+  rest. Returns fewer than ``k`` when the pool has fewer eligible records.
   """
   if k <= 0 or not pool:
     return []
@@ -413,20 +559,33 @@ def choose_exemplars(record: Mapping, pool: Sequence[Mapping], k: int, salt: str
     return str(other["id"]) != own_id and exemplar_group(other) != own_group
 
   chosen: list[int] = []
-  for _ in range(32 * k):  # random probes first: O(k) for any realistic pool
-    i = rng.randrange(len(pool))
-    if i not in chosen and eligible(i):
-      chosen.append(i)
-      if len(chosen) == k:
-        return chosen
-  start = rng.randrange(len(pool))  # tiny or mostly ineligible pools: deterministic scan
-  for j in range(len(pool)):
-    i = (start + j) % len(pool)
-    if i not in chosen and eligible(i):
-      chosen.append(i)
-      if len(chosen) == k:
-        break
+  value = match_value(record, match_keys)
+  if value is not None:
+    if groups is None:
+      groups = exemplar_groups(pool, match_keys)
+    _draw(list(groups.get(value, ())), k, rng, eligible, chosen)
+  if len(chosen) < k:
+    _draw(range(len(pool)), k, rng, eligible, chosen)
   return chosen
+
+
+def _draw(candidates: Sequence[int], k: int, rng: random.Random, eligible, chosen: list[int]):
+  """Appends eligible candidates to ``chosen`` until it holds ``k``."""
+  if not candidates:
+    return
+  for _ in range(32 * k):  # random probes first: O(k) for any realistic pool
+    i = candidates[rng.randrange(len(candidates))]
+    if i not in chosen and eligible(i):
+      chosen.append(i)
+      if len(chosen) == k:
+        return
+  start = rng.randrange(len(candidates))  # tiny or mostly ineligible pools: deterministic scan
+  for j in range(len(candidates)):
+    i = candidates[(start + j) % len(candidates)]
+    if i not in chosen and eligible(i):
+      chosen.append(i)
+      if len(chosen) == k:
+        return
 
 
 def render(
@@ -434,7 +593,9 @@ def render(
 ) -> Prompt:
   """The prompt of ``record`` for task ``task`` (e.g. ``"vqa_rad"``), exemplars from
   ``train_records`` (all of them form the pool here; tasks bound the pool, see exemplar_pool)."""
-  template = TEMPLATES[task.removeprefix("multimedbench_")]
+  template = ALL_TEMPLATES[task.removeprefix("multimedbench_")]
   salt = task if salt is None else salt
-  picks = choose_exemplars(record, train_records, template.num_shots, salt)
+  if template.fixed_exemplars:
+    return template.render(record)
+  picks = choose_exemplars(record, train_records, template.num_shots, salt, template.match_keys)
   return template.render(record, [train_records[i] for i in picks])

@@ -199,6 +199,8 @@ def render_markdown(
         notes.append(f"- `{task}` {name}: {_cell(status)}")
   if notes:
     lines += ["", "## Notes", ""] + notes
+  for table in paper_results.TABLES:
+    lines += ["", *render_table(table, results)]
   lines += [
       "",
       "## Other metrics",
@@ -222,6 +224,31 @@ def render_markdown(
       extra.append(f"{key}={NOT_COMPUTED if value is None else format(float(value), '.4g')}")
     lines.append(f"| {task} | {result.step} | {_cell(', '.join(extra) or '–')} |")
   return "\n".join(lines) + "\n"
+
+
+def _paper_cell(value) -> str:
+  if value is None:
+    return "–"
+  return value if isinstance(value, str) else f"{value:.2f}"
+
+
+def render_table(table: paper_results.PaperTable, results: Mapping[str, TaskResult]) -> list[str]:
+  """Markdown lines of one further paper table, with our value (column *medpalm*) where our
+  evaluation reports the same task and metric ("–": a row with no automatic counterpart)."""
+  header = ["Metric", "medpalm", *table.columns]
+  lines = [
+      f"## {table.title}",
+      "",
+      f"Paper values: {table.source}.",
+      "",
+      "| " + " | ".join(_cell(h) for h in header) + " |",
+      "|" + "---|" * len(header),
+  ]
+  for row in table.rows:
+    ours = our_value(results, row.task, row.metric)[1] if row.task else "–"
+    cells = [row.label, ours, *(_paper_cell(v) for v in row.values)]
+    lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+  return lines
 
 
 # ----------------------------------------------------------------------------- chart

@@ -9,7 +9,7 @@ Contract (stable; tasks/prompts.py, tasks/multimedbench.py and tasks/prepare.py 
 
 Every dataset module in this package (``medqa``, ``medmcqa``, ``pubmedqa``, ``mimic_iii``,
 ``vqa_rad``, ``slake``, ``path_vqa``, ``mimic_cxr``, ``pad_ufes_20``, ``vindr_mammo``,
-``cbis_ddsm``, ``precisionfda``) exposes:
+``cbis_ddsm``, ``precisionfda``, and ``montgomery`` for the zero-shot TB experiment) exposes:
 
 * ``DATASET_DIR: str`` – the sub-directory of ``$MEDPALM_DATA_DIR`` holding the official release.
 * ``LAYOUT: str`` – one paragraph saying what the official release calls its files and where they
@@ -29,7 +29,11 @@ Options of ``read`` beyond the contract (all keyword-only, all with paper defaul
 excerpt has no images), ``slake.read(langs=("en", "zh"))``, ``mimic_iii.read(pairs="common"|"ood")``,
 ``mimic_cxr.read(task="report"|"classification", conditions=None)``,
 ``pad_ufes_20.read(seed=0)`` (the stratified 80/20 split), ``cbis_ddsm.read(abnormality=
-"mass"|"calcification"|None)``, ``precisionfda.read(require_label=True)``. PrecisionFDA also
+"mass"|"calcification"|None)``, ``precisionfda.read(require_label=True, regions=None,
+exclude_regions=None, sample_fraction=None)`` (``regions="paper"``: the paper's loci),
+``mimic_iii.read(split_ids_dir=None)`` (Van Veen et al.'s split from id files),
+``mimic_cxr.read(task="two_view")`` (one frontal + one lateral image per study),
+``vindr_mammo.read(bilateral=False)`` (both breasts side by side as one image). PrecisionFDA also
 streams: ``precisionfda.iter_read(...)`` yields records one by one (the full training set is
 ~26 GB of pileups, too much for a list).
 
@@ -67,7 +71,7 @@ PAD-UFES-20                                  :class:`PadUfesRecord`
     the prompt prints, in order, values already formatted, missing → "unknown"), "options":
     list[str] (6 class names), "label": int, "answer": str}``
 VinDr-Mammo                                  :class:`VinDrRecord`
-    ``{"id" (image_id), "image_path", "laterality": "L"|"R", "view": "CC"|"MLO"|"XCCL"|...,
+    ``{"id" (image_id), "study_id", "image_path", "laterality": "L"|"R", "view": "CC"|"MLO"|"XCCL"|...,
     "options": ["1".."5"], "label": int (BI-RADS − 1), "answer": str}``
 CBIS-DDSM                                    :class:`CbisDdsmRecord`
     ``{"id", "image_path" (the ROI crop DICOM), "view": "CC"|"MLO", "abnormality": "mass"|
@@ -164,6 +168,7 @@ class PadUfesRecord(_Classification):
 
 class VinDrRecord(_Classification):
   id: str
+  study_id: str
   image_path: str
   laterality: str
   view: str
@@ -205,6 +210,17 @@ TASK_READERS: dict[str, tuple[str, dict[str, Any]]] = {
     "precisionfda": ("precisionfda", {}),
 }
 
+# The paper's evaluation-only experiments beyond the 14 tasks (tasks.multimedbench registers
+# them as multimedbench_<task> too): zero-shot tuberculosis (Table 4, Fig. 3), MIMIC-III's rare
+# anatomy-modality pairs, two-view report generation (Table 5).
+EXPERIMENT_READERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "montgomery_tb": ("montgomery", {}),
+    "montgomery_tb_cot": ("montgomery", {}),
+    "mimic_iii_ood": ("mimic_iii", {"pairs": "ood"}),
+    "mimic_cxr_report_two_view": ("mimic_cxr", {"task": "two_view"}),
+}
+ALL_TASK_READERS = {**TASK_READERS, **EXPERIMENT_READERS}
+
 DATASET_MODULES: tuple[str, ...] = (
     "medqa",
     "medmcqa",
@@ -218,6 +234,7 @@ DATASET_MODULES: tuple[str, ...] = (
     "vindr_mammo",
     "cbis_ddsm",
     "precisionfda",
+    "montgomery",
 )
 
 
@@ -236,9 +253,9 @@ def read_task(
   ``data_dir`` overrides ``$MEDPALM_DATA_DIR/<DATASET_DIR>`` for this dataset.
   """
   task = task.removeprefix("multimedbench_")
-  if task not in TASK_READERS:
-    raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_READERS)}")
-  module_name, fixed = TASK_READERS[task]
+  if task not in ALL_TASK_READERS:
+    raise KeyError(f"unknown task {task!r}; known: {', '.join(ALL_TASK_READERS)}")
+  module_name, fixed = ALL_TASK_READERS[task]
   module = get_module(module_name)
   return module.read(data_dir, split, on_error=on_error, **fixed, **options)
 

@@ -17,6 +17,12 @@ counted in ``filtered``; an empty FINDINGS heading is an invalid record.
 uncertain (-1) and blank count as negative. ``train_repeats`` gives the paper's ×2 upsampling
 of positives for consolidation, enlarged cardiomediastinum, fracture and pneumonia.
 
+``task="two_view"`` (the paper's zero-shot two-view evaluation, Table 5): one example per study
+that has a frontal (PA preferred, else AP) and a lateral image, with the study's indication and
+findings: ``{"id" (study_id), "study_id", "image_paths": [frontal, lateral], "views": [PA|AP,
+LATERAL], "indication", "findings"}``; within a view the first image in the split file is used.
+Studies without both views are counted in ``filtered``.
+
 Only AP, PA and lateral images are kept (``LL`` counts as LATERAL); other views are filtered.
 """
 
@@ -99,11 +105,15 @@ def read(
     conditions=None,
     check_images: bool = True,
 ) -> ReadResult:
-  """MIMIC-CXR records of ``split`` for ``task`` ("report" or "classification")."""
+  """MIMIC-CXR records of ``split`` for ``task`` ("report", "classification", "two_view")."""
   module = sys.modules[__name__]
   _common.check_split(module, split)
+  if task == "two_view":
+    return _two_view(
+        read(dataset_dir, split, on_error=on_error, task="report", check_images=check_images)
+    )
   if task not in ("report", "classification"):
-    raise ValueError(f"task must be 'report' or 'classification', got {task!r}")
+    raise ValueError(f"task must be 'report', 'classification' or 'two_view', got {task!r}")
   root = _common.resolve_dataset_dir(module, dataset_dir)
   c = Collector(f"mimic_cxr_{task}/{split}", on_error)
 
@@ -194,3 +204,37 @@ def read(
           }
       )
   return c.finish()
+
+
+FRONTAL = ("PA", "AP")
+
+
+def _two_view(single: ReadResult) -> ReadResult:
+  """Report records (one per image) → one record per study with a frontal and a lateral image."""
+  studies: dict[str, list[dict]] = {}
+  for r in single.records:
+    studies.setdefault(r["study_id"], []).append(r)
+  out = ReadResult(records=[], skipped=single.skipped, skip_reasons=single.skip_reasons)
+  out.filtered = dict(single.filtered)
+  for study, images in studies.items():
+    by_view: dict[str, dict] = {}
+    for r in images:
+      by_view.setdefault(r["view"], r)
+    frontal = next((by_view[v] for v in FRONTAL if v in by_view), None)
+    lateral = by_view.get("LATERAL")
+    if frontal is None or lateral is None:
+      out.filtered["study without a frontal and a lateral image"] = (
+          out.filtered.get("study without a frontal and a lateral image", 0) + 1
+      )
+      continue
+    out.records.append(
+        {
+            "id": study,
+            "study_id": study,
+            "image_paths": [frontal["image_path"], lateral["image_path"]],
+            "views": [frontal["view"], "LATERAL"],
+            "indication": frontal["indication"],
+            "findings": frontal["findings"],
+        }
+    )
+  return out

@@ -9,14 +9,22 @@ findings of at most 600 whitespace tokens. Reports without a FINDINGS or IMPRESS
 outside the pairs, are counted in ``filtered``; a heading that is present but empty is an invalid
 record (ReaderError / skip).
 
-Splits: MIMIC-III has none, so the split is a stable function of ``SUBJECT_ID`` (patient-level,
-no leakage): sha1(subject) mod 100 < 80 → train, < 90 → validation, else test.
+Splits: MIMIC-III has none. The paper uses Van Veen et al.'s split of 78,875 reports (58,405 /
+7,413 / 13,057), which is not distributed with MIMIC-III: whoever has it passes
+``split_ids_dir``, a directory with ``train.txt``, ``validation.txt`` (or ``val.txt`` /
+``dev.txt``) and ``test.txt`` holding one note ``ROW_ID`` per line (blank lines and ``#``
+comments ignored; a first line ``ROW_ID`` is a header). Then a report's split is the file
+listing its ROW_ID, reports listed nowhere are counted in ``filtered``, and a ROW_ID listed in
+two files is an error; the pair and length selections still apply (what they drop is counted).
+Without it the split is a stable function of ``SUBJECT_ID`` (patient-level, no leakage):
+sha1(subject) mod 100 < 80 → train, < 90 → validation, else test.
 Record: MimicIIIRecord.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pathlib
 import re
 import sys
 
@@ -79,10 +87,50 @@ def split_of(subject_id: str) -> str:
   return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
-def read(dataset_dir, split: str, *, on_error: str = "raise", pairs: str = "common") -> ReadResult:
-  """Summarization records of ``split``; ``pairs`` is "common" (train/eval) or "ood"."""
+SPLIT_FILES = {
+    "train": ("train.txt",),
+    "validation": ("validation.txt", "val.txt", "dev.txt"),
+    "test": ("test.txt",),
+}
+
+
+def load_split_ids(split_ids_dir) -> dict[str, str]:
+  """ROW_ID → split from a directory of id files (see the module docstring)."""
+  root = pathlib.Path(split_ids_dir)
+  out: dict[str, str] = {}
+  for split, names in SPLIT_FILES.items():
+    path = next((root / n for n in names if (root / n).is_file()), None)
+    if path is None:
+      raise _common.MissingDatasetError(
+          f"missing split id file {root / names[0]}"
+          + (f" (or {', '.join(names[1:])})" if len(names) > 1 else "")
+          + "; split_ids_dir needs train.txt, validation.txt and test.txt with one ROW_ID a line"
+      )
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+      value = line.split("#", 1)[0].strip()
+      if not value or (lineno == 1 and value.upper() == "ROW_ID"):
+        continue
+      if not value.isdigit():
+        raise ReaderError(path, str(lineno), "ROW_ID", f"expected an integer, got {value!r}")
+      if value in out:
+        raise ReaderError(path, str(lineno), "ROW_ID", f"{value} is also in the {out[value]} split")
+      out[value] = split
+  return out
+
+
+def read(
+    dataset_dir,
+    split: str,
+    *,
+    on_error: str = "raise",
+    pairs: str = "common",
+    split_ids_dir=None,
+) -> ReadResult:
+  """Summarization records of ``split``; ``pairs`` is "common" (train/eval) or "ood";
+  ``split_ids_dir``: Van Veen et al.'s split as id files (module docstring)."""
   module = sys.modules[__name__]
   _common.check_split(module, split)
+  split_ids = load_split_ids(split_ids_dir) if split_ids_dir else None
   if pairs not in ("common", "ood"):
     raise ValueError(f"pairs must be 'common' or 'ood', got {pairs!r}")
   keep = COMMON_PAIRS if pairs == "common" else OOD_PAIRS
@@ -95,7 +143,14 @@ def read(dataset_dir, split: str, *, on_error: str = "raise", pairs: str = "comm
       continue
     with c.guard():
       subject = get_str(row, "SUBJECT_ID", path, where)
-      if split_of(subject) != split:
+      if split_ids is not None:
+        row_split = split_ids.get(get_str(row, "ROW_ID", path, where))
+        if row_split is None:
+          c.filter("ROW_ID not in the supplied split")
+          continue
+      else:
+        row_split = split_of(subject)
+      if row_split != split:
         continue
       if (row.get("ISERROR") or "").strip() not in ("", "0"):
         c.filter("ISERROR set")

@@ -14,13 +14,24 @@ detected from the content). Each record is a ``tf.train.Example`` with
   otherwise INDEL (DeepVariant's own site-level definition; kept for the paper's SNP / indel F1).
 
 Record: GenomicsRecord, ``image`` uint8[H, W, C]. Parsing is pure Python (see ``tfrecord.py``).
+
+Regions (reader options): ``regions`` keeps only candidates inside any of the given regions,
+``exclude_regions`` drops those inside any of them, ``sample_fraction`` keeps a deterministic
+fraction (by a hash of the locus; the same candidates on every read). A region is ``chr20`` (the
+whole contig) or ``chr20:3,000,001-9,444,417`` (1-based, both ends included, as DeepVariant's
+``--regions``); a candidate is inside when its locus start lies in the region. ``regions="paper"``
+selects the paper's examples: train = 4 % of the candidates outside chr20, chr21 and chr22
+(197,038 examples of HG002 in the paper), test = chr20:3,000,001-9,444,417 (13,030). Contigs named
+without ``chr`` (GRCh37: ``20``) match too. What the selection drops is counted in ``filtered``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
+import re
 import sys
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -101,6 +112,81 @@ def _record(ex: dict, path: pathlib.Path, index: int, require_label: bool, split
   }
 
 
+PAPER_REGIONS = {
+    "train": {"exclude_regions": ("chr20", "chr21", "chr22"), "sample_fraction": 0.04},
+    "test": {"regions": ("chr20:3,000,001-9,444,417",)},
+}
+_REGION = re.compile(r"^([^:\s]+)(?::([\d,]+)-([\d,]+))?$")
+_LOCUS = re.compile(r"^([^:\s]+):(\d+)(?:-(\d+))?$")
+
+
+def _contig(name: str) -> str:
+  return name[3:] if name.lower().startswith("chr") else name
+
+
+def parse_region(text: str) -> tuple[str, int, float]:
+  """``chr20:3,000,001-9,444,417`` → ("20", 3000001, 9444417); ``chr20`` → ("20", 1, inf)."""
+  m = _REGION.match(text.strip())
+  if not m:
+    raise ValueError(f"region {text!r}: expected CONTIG or CONTIG:START-END (1-based)")
+  if m.group(2) is None:
+    return _contig(m.group(1)), 1, float("inf")
+  start, end = (int(m.group(i).replace(",", "")) for i in (2, 3))
+  if start < 1 or end < start:
+    raise ValueError(f"region {text!r}: need 1 <= START <= END")
+  return _contig(m.group(1)), start, end
+
+
+def parse_locus(text: str) -> tuple[str, int]:
+  """A record's ``locus`` (``chr20:10001019-10001019``) → ("20", 10001019)."""
+  m = _LOCUS.match(text.strip())
+  if not m:
+    raise ValueError(f"locus {text!r}: expected CONTIG:START-END")
+  return _contig(m.group(1)), int(m.group(2))
+
+
+def in_regions(locus: tuple[str, int], regions: Sequence[tuple[str, int, float]]) -> bool:
+  contig, pos = locus
+  return any(contig == c and start <= pos <= end for c, start, end in regions)
+
+
+def sampled(locus_text: str, fraction: float) -> bool:
+  """Whether a candidate is in the deterministic ``fraction`` sample (hash of its locus)."""
+  digest = hashlib.sha1(locus_text.encode()).digest()
+  return int.from_bytes(digest[:8], "little") < fraction * 2.0**64
+
+
+def _region_list(value) -> list[tuple[str, int, float]]:
+  return [parse_region(r) for r in ([value] if isinstance(value, str) else value or [])]
+
+
+def region_filter(split: str, regions=None, exclude_regions=None, sample_fraction=None):
+  """``fn(record) -> reason | None`` (None: keep) for the reader options above, or None when
+  there is nothing to select."""
+  if regions == "paper":
+    paper = PAPER_REGIONS[split]
+    regions = paper.get("regions")
+    exclude_regions = exclude_regions or paper.get("exclude_regions")
+    sample_fraction = paper.get("sample_fraction") if sample_fraction is None else sample_fraction
+  keep, drop = _region_list(regions), _region_list(exclude_regions)
+  if sample_fraction is not None and not 0 < sample_fraction <= 1:
+    raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
+  if not keep and not drop and sample_fraction is None:
+    return None
+
+  def reason(record: dict) -> str | None:
+    locus = parse_locus(record["locus"])
+    if keep and not in_regions(locus, keep):
+      return "outside regions"
+    if drop and in_regions(locus, drop):
+      return "inside exclude_regions"
+    if sample_fraction is not None and not sampled(record["locus"], sample_fraction):
+      return f"not in the {sample_fraction:g} sample"
+    return None
+
+  return reason
+
+
 def list_files(root: pathlib.Path, split: str, module) -> list[pathlib.Path]:
   directory = root / split
   files = sorted(
@@ -120,12 +206,16 @@ def iter_read(
     on_error: str = "raise",
     require_label: bool = True,
     result: ReadResult | None = None,
+    regions=None,
+    exclude_regions=None,
+    sample_fraction: float | None = None,
 ) -> Iterator[dict]:
   """Streams the records of ``split`` one at a time (all files of ``<dataset_dir>/<split>/``, in
   name order). The full PrecisionFDA training set is ~200k pileups × 130 kB ≈ 26 GB, too much
   for a list: preparation should stream. Skips and their reasons are added to ``result``."""
   module = sys.modules[__name__]
   _common.check_split(module, split)
+  select = region_filter(split, regions, exclude_regions, sample_fraction)
   root = _common.resolve_dataset_dir(module, dataset_dir)
   c = Collector(f"precisionfda/{split}", on_error)
   if result is not None:
@@ -137,6 +227,14 @@ def iter_read(
         record = None
         with c.guard():
           record = _record(ex, path, index, require_label, split)
+          if select is not None:
+            try:
+              why = select(record)
+            except ValueError as e:
+              raise ReaderError(path, f"record {index}", "locus", str(e)) from None
+            if why is not None:
+              c.filter(why)
+              record = None
         if record is not None:
           count += 1
           yield record
@@ -146,11 +244,27 @@ def iter_read(
 
 
 def read(
-    dataset_dir, split: str, *, on_error: str = "raise", require_label: bool = True
+    dataset_dir,
+    split: str,
+    *,
+    on_error: str = "raise",
+    require_label: bool = True,
+    regions=None,
+    exclude_regions=None,
+    sample_fraction: float | None = None,
 ) -> ReadResult:
   """All pileup records of ``split`` in a list (small sets; see :func:`iter_read` for large)."""
   result = ReadResult(records=[])
   result.records.extend(
-      iter_read(dataset_dir, split, on_error=on_error, require_label=require_label, result=result)
+      iter_read(
+          dataset_dir,
+          split,
+          on_error=on_error,
+          require_label=require_label,
+          result=result,
+          regions=regions,
+          exclude_regions=exclude_regions,
+          sample_fraction=sample_fraction,
+      )
   )
   return result

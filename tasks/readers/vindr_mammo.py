@@ -4,6 +4,15 @@ Columns: ``study_id, series_id, image_id, laterality (L|R), view_position (CC|ML
 width, breast_birads ("BI-RADS 1".."BI-RADS 5"), breast_density, split (training|test)``; images
 ``images/<study_id>/<image_id>.dicom``. Record: VinDrRecord (label = BI-RADS − 1).
 ``train_repeats`` gives the paper's ×3 upsampling of the minority classes BI-RADS 2–5.
+
+The paper's prompt example says "Image view: bilateral craniocaudal", yet its counts (16,000 /
+4,000) are image counts and its text says each image's laterality and view are given. Default
+(``bilateral=False``): one example per image, the prompt naming its side ("left craniocaudal").
+``bilateral=True``: one example per study and view holding both breasts, the right breast's
+image left of the left breast's (the reading-room hanging convention), composed side by side
+into one image (``image_paths`` [R, L], ``image_layout`` "side_by_side", ``laterality`` "B"), and
+labelled with the higher BI-RADS of the two breasts (the more suspicious breast decides the
+assessment). A study and view without both sides is counted in ``filtered``.
 """
 
 from __future__ import annotations
@@ -35,9 +44,48 @@ def train_repeats(record: dict) -> int:
 
 
 def read(
-    dataset_dir, split: str, *, on_error: str = "raise", check_images: bool = True
+    dataset_dir,
+    split: str,
+    *,
+    on_error: str = "raise",
+    check_images: bool = True,
+    bilateral: bool = False,
 ) -> ReadResult:
-  """VinDr-Mammo records of ``split`` (train = "training" rows, test = "test" rows)."""
+  """VinDr-Mammo records of ``split`` (train = "training" rows, test = "test" rows); with
+  ``bilateral`` one record per study and view with both breasts (module docstring)."""
+  result = _read_images(dataset_dir, split, on_error, check_images)
+  return _bilateral(result) if bilateral else result
+
+
+def _bilateral(single: ReadResult) -> ReadResult:
+  pairs: dict[tuple[str, str], dict[str, dict]] = {}
+  for r in single.records:
+    pairs.setdefault((r["study_id"], r["view"]), {})[r["laterality"]] = r
+  out = ReadResult(records=[], skipped=single.skipped, skip_reasons=single.skip_reasons)
+  out.filtered = dict(single.filtered)
+  for (study, view), sides in pairs.items():
+    if set(sides) != {"L", "R"}:
+      reason = "study and view without both breasts"
+      out.filtered[reason] = out.filtered.get(reason, 0) + 1
+      continue
+    label = max(sides["R"]["label"], sides["L"]["label"])
+    out.records.append(
+        {
+            "id": f"{study}/{view}",
+            "study_id": study,
+            "image_paths": [sides["R"]["image_path"], sides["L"]["image_path"]],
+            "image_layout": "side_by_side",
+            "laterality": "B",
+            "view": view,
+            "options": list(OPTIONS),
+            "label": label,
+            "answer": OPTIONS[label],
+        }
+    )
+  return out
+
+
+def _read_images(dataset_dir, split: str, on_error: str, check_images: bool) -> ReadResult:
   module = sys.modules[__name__]
   _common.check_split(module, split)
   root = _common.resolve_dataset_dir(module, dataset_dir)
@@ -72,6 +120,7 @@ def read(
       c.add(
           {
               "id": image_id,
+              "study_id": study,
               "image_path": str(image),
               "laterality": laterality,
               "view": view,

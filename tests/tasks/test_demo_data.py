@@ -38,6 +38,10 @@ OFFICIAL_FILES = {
         "calc_case_description_test_set.csv",
     ],
     "precisionfda": ["train/examples_train.tfrecord.gz", "test/examples_test.tfrecord.gz"],
+    "montgomery": [
+        "MontgomerySet/CXR_png/MCUCXR_0001_0.png",
+        "MontgomerySet/ClinicalReadings/MCUCXR_0002_1.txt",
+    ],
 }
 
 

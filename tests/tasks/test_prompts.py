@@ -1,7 +1,7 @@
 """Golden prompts: for a hand-made record per task, the rendered prompt equals the paper's text.
 
 The expected strings are typed out here (not produced by tasks.prompts) from the paper's Tables
-A.9–A.13 of the paper, with our whitespace convention (tasks/prompts.py docstring).
+A.9–A.13, with our whitespace convention (tasks/prompts.py docstring).
 """
 
 import pytest
@@ -69,13 +69,13 @@ def qa(id_, question, options, answer_idx):
   }
 
 
-def vqa(id_, question, answer, image):
+def vqa(id_, question, answer, image, answer_type="OPEN"):
   return {
       "id": id_,
       "image_path": f"/data/{image}.jpg",
       "question": question,
       "answer": answer,
-      "answer_type": "OPEN",
+      "answer_type": answer_type,
       "lang": "en",
   }
 
@@ -211,9 +211,10 @@ GOLDEN = [
     (
         "vqa_rad",
         vqa("q", "What cut of the body is this image?", "Axial", "a"),
-        [vqa("e", "Can you diagnose a pericardial effusion from this image?", "No", "b")],
-        VQA_I + "Given <img>. Q: Can you diagnose a pericardial effusion from this image?\nA: No.\n"
-        "Given <img>. Q: What cut of the body is this image?\nA:",
+        [vqa("e", "Can you diagnose a pericardial effusion from this image?", "No", "b", "CLOSED")],
+        VQA_I + "Given <img>. Q: Can you diagnose a pericardial effusion from this image? (closed "
+        "domain)\nA: No.\n"
+        "Given <img>. Q: What cut of the body is this image? (open domain)\nA:",
         "Axial.",
     ),
     (
@@ -233,9 +234,9 @@ GOLDEN = [
             "a",
         ),
         [vqa("e", "What is present ?", "Abdomen", "b")],
-        VQA_I + "Given <img>. Q: What is present ?\nA: Abdomen.\n"
-        "Given <img>. Q: What is there of large numbers of macrophages within the alveolar spaces?\n"
-        "A:",
+        VQA_I + "Given <img>. Q: What is present ? (other)\nA: Abdomen.\n"
+        "Given <img>. Q: What is there of large numbers of macrophages within the alveolar spaces? "
+        "(other)\nA:",
         "accumulation of large numbers of macrophage.",
     ),
     (
@@ -451,6 +452,63 @@ def test_golden_prompt(task, record, exemplars, expected, target):
   if template.has_image:
     assert all("<img>" in e for e in prompt.exemplars)
   assert prompt.segments()[-1].role == prompts.Role.CUE
+
+
+def test_golden_vindr_bilateral_view():
+  """Table A.9's VinDr-Mammo prompt, typed from the paper: "bilateral craniocaudal" is what a
+  record of the bilateral option (both breasts' CC images side by side) renders."""
+  record = {
+      "id": "s1/CC",
+      "image_paths": ["/x/r.dicom", "/x/l.dicom"],
+      "laterality": "B",
+      "view": "CC",
+      "options": ["1", "2", "3", "4", "5"],
+      "label": 2,
+      "answer": "3",
+  }
+  exemplar = dict(record, id="s2/CC", image_paths=["/x/r2.dicom", "/x/l2.dicom"], answer="4")
+  prompt = prompts.TEMPLATES["vindr_mammo"].render(record, [exemplar])
+  assert prompt.text() == (
+      "Instructions: You are a helpful medical assistant. The following are questions about "
+      "mammography reading. Provide a breast-level assessment based on the BI-RADS categories.\n"
+      "Given mammogram image <img>. Image view: bilateral craniocaudal Q: What is the most likely "
+      "breast BI-RADS score? (A) 1 (B) 2 (C) 3 (D) 4 (E) 5\nA: 4.\n"
+      "Given mammogram image <img>. Image view: bilateral craniocaudal Q: What is the most likely "
+      "breast BI-RADS score? (A) 1 (B) 2 (C) 3 (D) 4 (E) 5\nA:"
+  )
+  assert prompt.target == "3."
+
+
+def test_golden_vqa_question_types():
+  """Each dataset's answer type → the suffix of the paper's Table A.10 examples."""
+  closed = vqa("q", "Is there a fracture?", "yes", "a", "CLOSED")
+  opened = vqa("q", "What organ is this?", "Liver", "a", "OPEN ")  # stray space, as released
+  render = lambda task, r: prompts.TEMPLATES[task].query(r)[2].text  # noqa: E731
+  assert render("vqa_rad", closed) == ". Q: Is there a fracture? (closed domain)\n"
+  assert render("vqa_rad", opened) == ". Q: What organ is this? (open domain)\n"
+  assert render("path_vqa", closed) == ". Q: Is there a fracture? (yes/no)\n"
+  assert render("path_vqa", opened) == ". Q: What organ is this? (other)\n"
+  assert render("slake", closed) == ". Q: Is there a fracture?\n"  # the paper's Slake: none
+
+
+def test_exemplars_match_the_querys_condition_and_view():
+  pool = [
+      {"id": f"r{i}", "study_id": f"s{i}", "condition": c, "view": v}
+      for i, (c, v) in enumerate(
+          [(c, v) for c in ("edema", "cardiomegaly") for v in ("AP", "PA", "LATERAL")] * 5
+      )
+  ]
+  template = prompts.TEMPLATES["mimic_cxr_classification"]
+  assert template.match_keys == ("condition", "view")
+  for query in pool:
+    (pick,) = prompts.choose_exemplars(query, pool, 1, "t", template.match_keys)
+    assert (pool[pick]["condition"], pool[pick]["view"]) == (query["condition"], query["view"])
+    assert pool[pick]["id"] != query["id"]
+  # No record of the query's view: any eligible record is drawn instead.
+  lonely = {"id": "x", "study_id": "sx", "condition": "edema", "view": "LL"}
+  assert len(prompts.choose_exemplars(lonely, pool, 1, "t", template.match_keys)) == 1
+  assert prompts.TEMPLATES["vindr_mammo"].match_keys == ("view",)
+  assert prompts.TEMPLATES["mimic_cxr_report"].match_keys == ("view",)
 
 
 def test_shots_follow_the_paper():

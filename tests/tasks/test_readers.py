@@ -107,6 +107,7 @@ SCHEMAS = {
     },
     "vindr_mammo": {
         "id": str,
+        "study_id": str,
         "image_path": str,
         "laterality": str,
         "view": str,

@@ -28,7 +28,13 @@ EXPECTED = {
         ],
         "runs": ["train", "eval", "infer"],
         "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
-        "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],
+        "experiments": [
+            "demo_cpu",
+            "multimedbench_12b",
+            "multimedbench_84b",
+            "multimedbench_562b",
+            "multimedbench_84b_without_cxr_classification",
+        ],
     }.items()
     for n in names
 }
@@ -101,5 +107,21 @@ def test_paper_experiments_build_their_train_state_abstractly(size, lr, batch):
     assert count > {"12b": 12e9, "84b": 84e9, "562b": 560e9}[size]
     wi = init.train_state_axes.params["decoder"]["stack"]["layers"]["mlp"]["wi_0"]["kernel"]
     assert tuple(wi) == (None, "fsdp", "model")
+  finally:
+    gin.clear_config()
+
+
+def test_ablation_experiment_is_the_84b_run_on_the_ablation_mixture():
+  _parse(
+      [os.path.join(GIN_DIR, "experiments", "multimedbench_84b_without_cxr_classification.gin")],
+      ["MODEL_DIR = '/tmp/x'"],
+  )
+  try:
+    assert (
+        gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "multimedbench_without_cxr_classification"
+    )
+    assert gin.query_parameter("%LEARNING_RATE") == 5e-5
+    assert gin.query_parameter("%BATCH_SIZE") == 128
+    assert gin.query_parameter("%EVAL_MIXTURE_OR_TASK_NAME") == "multimedbench_eval"
   finally:
     gin.clear_config()

@@ -56,7 +56,7 @@ def test_report_renders_every_task_and_the_paper_values(tmp_path):
       assert cells[9].startswith("N/A" if row.prior_sota is None else f"{row.prior_sota:.2f}")
   assert paper_results.SOURCE in markdown
   assert "num_examples=" in markdown  # extra metrics are listed too
-  assert "missing" not in markdown.split("## Other metrics")[0].split("| Task |")[1]
+  assert "missing" not in markdown.split("| Task |")[1].split("\n## ")[0]
   assert "(RESULTS.png)" in markdown
 
   chart = tmp_path / "docs" / "RESULTS.png"
