@@ -15,6 +15,7 @@ weighted per-token cross-entropies of the batch; a number divides that sum by it
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable, Mapping
 
 import clu.metrics as clu_metrics
@@ -216,7 +217,13 @@ class MedPalmMModel:
             f"max_decode_length {length}"
         )
     start = self.prefill(params, batch, length, prompt_lengths)
-    step_fn = functools.partial(self.extend, params)
+    mask = self._decode_mask()
+    start = start.replace(logits=mask(start.logits))
+
+    def step_fn(tokens, positions, cache):
+      logits, cache = self.extend(params, tokens, positions, cache)
+      return mask(logits), cache
+
     decodes, scores = self._decode_fn(
         start,
         step_fn,
@@ -229,6 +236,13 @@ class MedPalmMModel:
     if not return_all_decodes:
       decodes, scores = decodes[:, -1], scores[:, -1]
     return decodes, {"scores": scores}
+
+  def _decode_mask(self) -> Callable[[jax.Array], jax.Array]:
+    """Logits -> logits that cannot pick the image placeholder or a padded vocabulary row."""
+    placeholder = getattr(self._vocabulary, "image_placeholder_id", None)
+    banned = () if placeholder is None else (int(placeholder),)
+    valid = int(self._vocabulary.vocab_size)
+    return functools.partial(decoding.mask_logits, valid_size=valid, banned_ids=banned)
 
   def prefill(self, params, batch, length: int, prompt_lengths: jax.Array) -> decoding.Prefilled:
     """Runs the prompt once (images included) and returns the cache and next-token logits."""
@@ -289,14 +303,27 @@ class MedPalmMModel:
 
 
 def _register_with_t5x() -> None:
-  """Registers MedPalmMModel as a t5x BaseTransformerModel when t5x is importable."""
-  import importlib.util
+  """Registers MedPalmMModel as a `t5x.models.BaseTransformerModel` when T5X imports.
 
-  if importlib.util.find_spec("t5x") is None:
+  T5X is optional (installed from source): when it is absent nothing happens, and when it is
+  installed but fails to import (a broken or mismatched install), the reason is logged and
+  medpalm keeps working without the registration.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  try:
+    if importlib.util.find_spec("t5x") is None:
+      return
+    from t5x import models as t5x_models  # pylint: disable=g-import-not-at-top
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    logging.getLogger("medpalm").warning(
+        "T5X is installed but does not import (%s: %s); MedPalmMModel is not registered "
+        "as a t5x BaseTransformerModel",
+        type(error).__name__,
+        error,
+    )
     return
-  from t5x import models as t5x_models  # pragma: no cover - t5x is not on PyPI
-
-  t5x_models.BaseTransformerModel.register(MedPalmMModel)  # pragma: no cover
+  t5x_models.BaseTransformerModel.register(MedPalmMModel)
 
 
 _register_with_t5x()
