@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import flax.core
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -191,14 +192,15 @@ class OptaxOptimizerDef(_Base):
     """
     if hasattr(state_or_optimizer, "target") and hasattr(state_or_optimizer, "optimizer_def"):
       optimizer = state_or_optimizer
-      param_axes = jax.tree.map(
-          lambda x: x, param_axes, is_leaf=lambda x: isinstance(x, PartitionSpec)
-      )
-      param_axes = flax.core.unfreeze(param_axes)
+      # The axes take the params' container type (T5X freezes its params) so the trees match.
+      if isinstance(optimizer.target, flax.core.FrozenDict):
+        param_axes = flax.core.freeze(flax.core.unfreeze(param_axes))
+      else:
+        param_axes = flax.core.unfreeze(param_axes)
       state = OptimizerState(
           step=PartitionSpec(),
           param_states=self._param_state_axes(
-              optimizer.state.param_states, param_axes, flax.core.unfreeze(optimizer.target)
+              optimizer.state.param_states, param_axes, optimizer.target
           ),
       )
       return optimizer.replace(target=param_axes, state=state)
