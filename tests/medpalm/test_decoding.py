@@ -245,6 +245,7 @@ def test_decodes_never_hold_the_image_placeholder_or_padded_vocabulary_rows(setu
 
   class Vocab(seqio.PassThroughVocabulary):
     image_placeholder_id = config.image_token_id
+
   boosted = jax.tree.map(lambda x: x, params)
   table = boosted["decoder"]["embedding"]
   for i in (config.image_token_id, padded):
