@@ -135,7 +135,8 @@ def test_train_checkpoints_and_resumes_the_data_position(trained):
   position: B (restarted from the step-20 checkpoint) ends bit-for-bit where the uninterrupted
   run A does, which it could not with the input stream restarted from its beginning."""
   a, b, log_b = trained
-  assert "checkpoint_20" in log_b or "Restoring" in log_b or "restor" in log_b.lower()
+  assert "checkpoint_20" in log_b  # B restored A's step-20 checkpoint, not a fresh start
+  assert "Initializing parameters from scratch" not in log_b
   assert _steps(b)[-1] == 30
   params_a, params_b = _params(a / "checkpoint_30"), _params(b / "checkpoint_30")
   start = _params(a / "checkpoint_20")
@@ -144,8 +145,7 @@ def test_train_checkpoints_and_resumes_the_data_position(trained):
   assert moved  # steps 21-30 trained
   for key in params_a:
     np.testing.assert_allclose(params_b[key], params_a[key], rtol=1e-6, atol=1e-7, err_msg=key)
-  datasets = list((a / "checkpoint_20").rglob("*train_ds*"))
-  assert datasets, "no input-pipeline state saved with the checkpoint"
+  assert any((a / "checkpoint_20" / "dataset").iterdir()), "no input-pipeline state saved"
 
 
 @pytest.fixture(scope="module")

@@ -89,8 +89,9 @@ def _gin_rules(gin_file: str):
   import gin
 
   gin.clear_config()
+  gin.add_config_file_search_path(str(REPO))  # the files include each other by repo path
   try:
-    gin.parse_config_files_and_bindings([str(REPO / gin_file)], [], skip_unknown=True)
+    gin.parse_config_files_and_bindings([str(REPO / gin_file)], [])
     return [tuple(r) for r in gin.query_parameter("%PARTITIONING_RULES")], gin.query_parameter(
         "%CONFIG_NAME"
     )
