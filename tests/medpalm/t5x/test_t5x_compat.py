@@ -167,7 +167,8 @@ def test_vision_tower_kernels_are_sharded_under_t5x_partitioner():
   }
   vit_kernels = {k: s for k, s in flat.items() if "vision" in k and "kernel" in k}
   assert vit_kernels
-  sharded = {k: s for k, s in vit_kernels.items() if any(a is not None for a in s)}
+  # 'model' spans the 8 devices of the CPU mesh ('data' has size 1 there).
+  sharded = {k: s for k, s in vit_kernels.items() if "model" in s}
   assert sharded, vit_kernels
   # The momentum of a sharded ViT kernel is sharded the same way.
   (_, _), (momentum, _) = axes.param_states
