@@ -196,8 +196,9 @@ MEDPALM_EVAL = textwrap.dedent("""
     config = configs.get_config("tiny", vocab=vocabulary, dropout_rate=0.0)
     params = ocp.PyTreeCheckpointer().restore(sys.argv[1] + "/state")["target"]
     model = MedPalmMModel(MedPalmM(config), vocabulary)
+    lengths = {"inputs": 384, "targets": 32, "images": 1, "image_mask": 1}  # tiny.gin's
     results = evaluator.evaluate(
-        model, params, "multimedbench_eval", split="test", sequence_length=None, batch_size=8
+        model, params, "multimedbench_eval", split="test", sequence_length=lengths, batch_size=8
     )
     clean = lambda v: v if isinstance(v, (int, float)) else str(v)
     print("RESULTS" + json.dumps({t: {k: clean(v) for k, v in m.items()} for t, m in results.items()}))
