@@ -72,5 +72,15 @@ setuptools.setup(
         ],
         # A central PostgreSQL database for the rater study (medpalm.rater); its test uses it.
         "postgres": ["psycopg[binary]>=3.3,<4"],
+        # T5X's binaries (t5x.train / eval / infer) drive medpalm through gin_configs/t5x/. T5X
+        # itself is installed from source with --no-deps (README); these are its PyPI needs.
+        "t5x": [
+            "cached-property>=2.0",
+            "chex>=0.1.92",
+            "fiddle>=0.3.1",
+            "jaxtyping>=0.3.11",
+            "tensorboard>=2.21,<2.22",
+            "grain==0.2.12",
+        ],
     },
 )

@@ -40,6 +40,20 @@ class Prefilled:
   cache_batch_axis: int = flax.struct.field(pytree_node=False, default=0)
 
 
+def mask_logits(logits: Array, valid_size: int, banned_ids: tuple[int, ...] = ()) -> Array:
+  """float[..., V] logits with the ids no decode may emit set to NEG_INF.
+
+  `valid_size`: ids at or above it are rows the embedding pads the vocabulary with (to a
+  multiple of the model-parallel shards) and have no piece; `banned_ids`: ids the vocabulary
+  has but generated text must not hold (the image placeholder, which only the prompt carries).
+  """
+  ids = jnp.arange(logits.shape[-1])
+  banned = ids >= valid_size
+  for i in banned_ids:
+    banned = banned | (ids == i)
+  return jnp.where(banned, jnp.asarray(NEG_INF, logits.dtype), logits)
+
+
 def _repeat(tree: Any, n: int, axis: int) -> Any:
   """Repeats every leaf n times along `axis` ([a, b] -> [a, a, b, b] for n = 2)."""
   return jax.tree.map(lambda x: jnp.repeat(x, n, axis=axis), tree)

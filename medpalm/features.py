@@ -13,7 +13,7 @@ TensorFlow; `medpalm.model` reaches it only when the converter is asked for.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import seqio
@@ -61,26 +61,19 @@ class TaskInfo:
 
   result_name: the name results are reported under (e.g. `multimedbench_<task>` whatever prefix
     the task was registered with), so a test registration and the paper's tables line up.
-  rank_targets: for a rank-classified task, each class option written exactly as the task
-    writes a target (e.g. " Yes."), in the class order its score metrics expect; else None.
   """
 
   result_name: str
-  rank_targets: tuple[str, ...] | None = None
 
 
 _TASK_INFO: dict[str, TaskInfo] = {}
 
 
-def register_task_info(
-    task_name: str, *, result_name: str | None = None, rank_targets: Sequence[str] | None = None
-) -> None:
+def register_task_info(task_name: str, *, result_name: str | None = None) -> None:
   """Called by the module that registers the SeqIO task (`tasks`), beside the registration."""
-  _TASK_INFO[task_name] = TaskInfo(
-      result_name or task_name, tuple(rank_targets) if rank_targets else None
-  )
+  _TASK_INFO[task_name] = TaskInfo(result_name or task_name)
 
 
 def task_info(task_name: str) -> TaskInfo:
-  """The registered TaskInfo, or the task's own name and no rank classification."""
+  """The registered TaskInfo, or one with the task's own name."""
   return _TASK_INFO.get(task_name, TaskInfo(task_name))

@@ -217,7 +217,13 @@ class MedPalmMModel:
             f"max_decode_length {length}"
         )
     start = self.prefill(params, batch, length, prompt_lengths)
-    step_fn = functools.partial(self.extend, params)
+    mask = self._decode_mask()
+    start = start.replace(logits=mask(start.logits))
+
+    def step_fn(tokens, positions, cache):
+      logits, cache = self.extend(params, tokens, positions, cache)
+      return mask(logits), cache
+
     decodes, scores = self._decode_fn(
         start,
         step_fn,
@@ -230,6 +236,13 @@ class MedPalmMModel:
     if not return_all_decodes:
       decodes, scores = decodes[:, -1], scores[:, -1]
     return decodes, {"scores": scores}
+
+  def _decode_mask(self) -> Callable[[jax.Array], jax.Array]:
+    """Logits -> logits that cannot pick the image placeholder or a padded vocabulary row."""
+    placeholder = getattr(self._vocabulary, "image_placeholder_id", None)
+    banned = () if placeholder is None else (int(placeholder),)
+    valid = int(self._vocabulary.vocab_size)
+    return functools.partial(decoding.mask_logits, valid_size=valid, banned_ids=banned)
 
   def prefill(self, params, batch, length: int, prompt_lengths: jax.Array) -> decoding.Prefilled:
     """Runs the prompt once (images included) and returns the cache and next-token logits."""

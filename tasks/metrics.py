@@ -18,8 +18,9 @@ Conventions (read these once; every function below follows them)
   ``answer_type`` (str)           VQA question type, e.g. ``"CLOSED"`` / ``"OPEN"``.
   ``condition`` (str)             MIMIC-CXR classification: the condition asked about.
   ``variant_type`` (str)          genomics: ``"snp"`` or ``"indel"`` (see :func:`variant_type`).
-  ``example_index``, ``option_index`` (int)
-                                  rank-classification layout: one row per (example, option).
+  ``example_index``, ``option_index`` (int), ``is_correct`` (bool)
+                                  rank-classification layout: one row per (example, option);
+                                  generation metrics read the option-0 row of each example.
 
 * **Scores** (score-based metrics) are per-option log-likelihoods of the option texts, as
   ``score_batch`` returns them: either ``float[N, C]`` (row = example, column = option in the
@@ -151,6 +152,18 @@ def _check_lengths(targets, predictions) -> int:
   if len(targets) != len(predictions):
     raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions/scores.")
   return len(targets)
+
+
+def one_row_per_example(targets, predictions) -> tuple[list, list]:
+  """Rank-classification rows (targets with ``option_index``: one row per class option, all
+  with the example's prompt, so the same decode) → the row of option 0 of each example; other
+  targets pass as they are. Generation metrics count each example once."""
+  _check_lengths(targets, predictions)
+  targets, predictions = list(targets), list(predictions)
+  if not targets or field_of(targets[0], "option_index") is None:
+    return targets, predictions
+  keep = [i for i, t in enumerate(targets) if int(field_of(t, "option_index")) == 0]
+  return [targets[i] for i in keep], [predictions[i] for i in keep]
 
 
 # ----------------------------------------------------------------------------- text handling
@@ -493,8 +506,8 @@ def _without_option_scores(targets, scores) -> Optional[Metrics]:
   ):
     return None
   why = (
-      "not computed: needs one log-likelihood per class option (rank classification, "
-      "medpalm.evaluation), got one score per example"
+      "not computed: needs one log-likelihood per class option (rank-classification rows, "
+      "tasks.multimedbench.rank_classification), got one score per example"
   )
   return {**not_computed("macro_auc", why), **not_computed("macro_f1", why)}
 
@@ -566,6 +579,7 @@ def macro_f1(labels, predicted, class_names: Sequence[str], *, name: str = "macr
 def classification_text_metrics(targets, predictions, *, classes: Sequence[str]) -> Metrics:
   """Classification from the generated answer: accuracy, answers naming no class
   (``no_option_count``), and macro-F1 of the generated classes (``macro_f1_generated``)."""
+  targets, predictions = one_row_per_example(targets, predictions)
   n = _check_lengths(targets, predictions)
   if n == 0:
     return {**_no_examples("accuracy", "macro_f1_generated"), "num_examples": 0.0}
@@ -647,6 +661,7 @@ def _mean_over(per_condition, major, key, out_key) -> Metrics:
 def cxr_text_metrics(targets, predictions) -> Metrics:
   """MIMIC-CXR condition classification from generated Yes/No answers: accuracy, no-option
   count, positive-class F1 per condition and its mean over the major conditions."""
+  targets, predictions = one_row_per_example(targets, predictions)
   n = _check_lengths(targets, predictions)
   if n == 0:
     return {**_no_examples("accuracy", "macro_f1_generated"), "num_examples": 0.0}

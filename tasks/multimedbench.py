@@ -25,9 +25,15 @@ every task has appeared after 667 examples.
 Metrics: ``metric_fns`` are tasks.metrics.TASK_METRICS. Every split but ``train`` also carries
 the reader's ``answer_options`` / ``answer_type`` / ``condition`` / ``variant_type`` per example
 (postprocessors.TARGET_FIELDS; the feature converter leaves them out of the model batch), and the
-target postprocessor (postprocessors.TargetFields) hands them to the metrics with the answer. The
-macro-AUC of the RANK_CLASSIFIED tasks needs a log-likelihood per class option: medpalm.evaluation
-rank-classifies those tasks in its SeqIO ``score_fn``.
+target postprocessor (postprocessors.TargetFields) hands them to the metrics with the answer.
+
+Rank classification, the SeqIO way: the macro-AUC of the RANK_CLASSIFIED tasks needs a
+log-likelihood per class option, so their evaluation splits hold one example per (example,
+option) — the same prompt, ``targets`` = that option's text — with ``idx`` = [example, option]
+and ``is_correct`` (`rank_classification`, the layout of T5's ``rank_classification``
+preprocessor). Any SeqIO score function (T5X's ``score_batch``, medpalm's evaluator) then scores
+each option, and the score metrics regroup them per example; the generation metrics read one row
+per example (option 0). ``targets_pretokenized`` stays the gold answer.
 
 Data: ``$MEDPALM_DATA_DIR/<dataset>/`` for the text datasets, and the prepared shards for the
 image datasets (``python -m tasks.prepare``); per-dataset directories can be bound in gin with
@@ -185,9 +191,8 @@ TB_TASKS = ("montgomery_tb", "montgomery_tb_cot")
 
 def metric_fns(task: str) -> list:
   """The paper's metrics of a task (tasks.metrics.TASK_METRICS). Generation metrics take the
-  postprocessed decode; score-based ones (macro-AUC of the RANK_CLASSIFIED tasks) take
-  per-option log-likelihoods, float[C] per example, which medpalm.evaluation's score function
-  produces by rank classification."""
+  postprocessed decode; score-based ones (macro-AUC of the RANK_CLASSIFIED tasks) take the
+  log-likelihood of each option row (`rank_classification`) and regroup them per example."""
   name = canonical_name(task)
   return list(metrics.TASK_METRICS.get(name) or metrics.EXPERIMENT_METRICS[name])
 
@@ -424,6 +429,45 @@ def _carry_target_fields(prep):
   return preprocessor
 
 
+def rank_classification(options: tuple[str, ...]):
+  """A SeqIO preprocessor (after the prompt preprocessor, before EOS) that turns every example of
+  an evaluation split into one example per class option.
+
+  Row k of example i keeps the example's features (prompt, image, target fields,
+  ``targets_pretokenized`` = the gold answer) with ``targets`` = the tokens of option k written
+  as a target is (" <option>.", EOS appended next), ``idx`` int32[2] = [i, k] and
+  ``is_correct`` bool = whether option k is the gold answer. Rows are example-major, in source
+  order. The train split (no target fields) passes through: training sees each example once,
+  with its own target.
+  """
+  texts = [prompts.with_period(o) for o in options]
+
+  def preprocessor(ds, sequence_length=None, output_features=None):
+    del sequence_length
+    if "answer_options" not in ds.element_spec:
+      return ds
+    vocabulary = output_features["targets"].vocabulary
+    tokens = tf.ragged.constant(
+        [list(vocabulary.encode(preprocessors.TARGET_PREFIX + t)) for t in texts], tf.int32
+    )
+    option_texts = tf.constant(texts)
+
+    def expand(index, ex):
+      def row(k):
+        return {
+            **ex,
+            "targets": tokens[k],
+            "idx": tf.stack([tf.cast(index, tf.int32), k]),
+            "is_correct": tf.equal(ex["targets_pretokenized"], option_texts[k]),
+        }
+
+      return tf.data.Dataset.range(len(texts)).map(lambda k: row(tf.cast(k, tf.int32)))
+
+    return ds.enumerate().flat_map(expand)
+
+  return preprocessor
+
+
 # --------------------------------------------------------------------------------------------
 # tf.data sources
 
@@ -647,20 +691,15 @@ def register(
 
   seqio.TaskRegistry.remove(cfg.name)
   _REGISTERED[cfg.name] = cfg
+  medpalm_features.register_task_info(cfg.name, result_name=canonical_name(cfg.task))
   options = rank_options(cfg.name)
-  medpalm_features.register_task_info(
-      cfg.name,
-      result_name=canonical_name(cfg.task),
-      rank_targets=[preprocessors.TARGET_PREFIX + prompts.with_period(o) for o in options]
-      if options
-      else None,
-  )
+  rank = [rank_classification(tuple(options))] if options else []
   return seqio.TaskRegistry.add(
       cfg.name,
       source=seqio.FunctionDataSource(
           functools.partial(_dataset_fn, cfg=cfg), splits=split_names(cfg.task)
       ),
-      preprocessors=[prompt_preprocessor, seqio.preprocessors.append_eos_after_trim],
+      preprocessors=[prompt_preprocessor, *rank, seqio.preprocessors.append_eos_after_trim],
       output_features=feats.output_features(vocabulary),
       postprocess_fn=postprocess_fn(cfg.task),
       metric_fns=metric_fns(cfg.task),

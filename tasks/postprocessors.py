@@ -80,7 +80,8 @@ class TargetFields:
   (``is_target=True``) become the mapping ``tasks.metrics`` reads: ``{"answer":
   postprocess(text)}`` plus, from the example, ``options`` (list[str], padding dropped),
   ``answer_type``, ``condition``, ``variant_type`` (str) where the example has a non-empty
-  value, and ``id``. Without an example (or on the train split, which carries no such
+  value, and ``id``; a rank-classification row (tasks.multimedbench.rank_classification) adds
+  ``example_index``, ``option_index`` (int) and ``is_correct`` (bool). Without an example (or on the train split, which carries no such
   features) the target is just ``{"answer": ...}``, which every metric accepts.
   """
 
@@ -105,6 +106,9 @@ class TargetFields:
         target[key] = _as_str(value)
     if example is not None and "id" in example:
       target["id"] = _as_str(example["id"])
+    if example is not None and "idx" in example:  # a rank-classification row
+      target["example_index"], target["option_index"] = (int(i) for i in example["idx"])
+      target["is_correct"] = bool(example["is_correct"])
     return target
 
   def __repr__(self) -> str:

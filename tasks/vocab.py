@@ -19,6 +19,7 @@ writes ``/tmp/spm/medpalm.model``; point ``MEDPALM_SPM_MODEL`` at it (the tasks'
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import pathlib
@@ -115,6 +116,22 @@ class MedPalmVocabulary(seqio.SentencePieceVocabulary):
 
   def __str__(self) -> str:
     return f"Med{super().__str__()}"
+
+  def __eq__(self, other) -> bool:
+    """Equal when both hold the same SentencePiece model bytes (and extra ids).
+
+    seqio compares vocabularies by their pickled state, which holds the model's path; the path
+    of ``sentencepiece_model_file=None`` is filled in from ``$MEDPALM_SPM_MODEL`` only on first
+    use, so two vocabularies of one file would compare unequal (T5X's "Model and Task
+    vocabularies do not match") depending on which was used first. The model's content is what
+    tokenizes, so it is what is compared.
+    """
+    if not isinstance(other, MedPalmVocabulary):
+      return NotImplemented
+    return self._extra_ids == other._extra_ids and self.sp_model == other.sp_model
+
+  def __hash__(self) -> int:
+    return hash((MedPalmVocabulary, self._extra_ids, hashlib.md5(self.sp_model).hexdigest()))
 
 
 @gin.configurable

@@ -1,21 +1,19 @@
-"""Evaluation through `seqio.Evaluator`: decoded answers, rank classification, results as JSON.
+"""Evaluation through `seqio.Evaluator`: decoded answers, scored targets, results as JSON.
 
     results = evaluator.evaluate(model, params, "multimedbench_eval", split="test",
                                  sequence_length={"inputs": 966, "targets": 256},
                                  batch_size=8, output_dir="/tmp/run/eval", step=10000)
     # then: python -m medpalm.evaluation.report --results_dir /tmp/run/eval --output RESULTS.md
 
-How model outputs reach the tasks' metric functions:
+How model outputs reach the tasks' metric functions (exactly as under T5X's evaluator):
 
 * Generation metrics, ``fn(targets, predictions)``: `predict_fn` decodes every example with
   `model.predict_batch_with_aux` (prompt removed, zero-padded); SeqIO decodes the tokens and
   applies the task's postprocessor.
-* Score metrics, ``fn(targets, scores)``: for a rank-classified task
-  (`medpalm.features.task_info(name).rank_targets`), every class option, tokenized exactly as
-  the task tokenizes a target (the option text, then EOS), is scored after the example's prompt
-  with `model.score_batch` (`rank_classification.option_batch`: B·C rows per batch); the
-  example's score is float[C], option log-likelihoods in the task's class order. Other tasks
-  with score metrics get the log-likelihood of their own target (one float per example).
+* Score metrics, ``fn(targets, scores)``: `score_fn` gives every example the log-likelihood of
+  its own target (`model.score_batch`). Tasks that need a score per class option express that
+  in their data (SeqIO rank classification: one example per option, grouped by the original
+  example through the targets), so nothing here knows about options.
 
 Every step runs through the batch runner (`medpalm.evaluation.runner`): compiled by the run's
 partitioner (parameters in their mesh shardings), fed one padded batch at a time. Without a
@@ -37,16 +35,11 @@ import numpy as np
 import seqio
 
 from medpalm import features
-from medpalm.evaluation import rank_classification, report
+from medpalm.evaluation import report
 from medpalm.evaluation.runner import BatchRunner, single_device_partitioner
 from medpalm.partitioning import Partitioner
 
 logger = logging.getLogger("medpalm")
-
-
-def option_tokens(vocabulary: seqio.Vocabulary, targets: Sequence[str]) -> list[list[int]]:
-  """Token ids of each class option's target text, then EOS (how a task's targets end)."""
-  return [list(vocabulary.encode(t)) + [vocabulary.eos_id] for t in targets]
 
 
 def predict_fn(runner: BatchRunner, params, step) -> Callable:
@@ -61,24 +54,13 @@ def predict_fn(runner: BatchRunner, params, step) -> Callable:
   return predict
 
 
-def score_fn(
-    runner: BatchRunner, params, step, options_of: Callable[[Any], Optional[list]]
-) -> Callable:
-  """A SeqIO ``score_fn(ds) -> [(index, score)]`` from a compiled `score_batch` step.
-
-  ``options_of(ds)`` gives the option token lists of the task whose dataset ``ds`` is (None: not
-  rank-classified). With options, ``score`` is float[C]; without, the float log-likelihood of
-  the example's own target.
-  """
+def score_fn(runner: BatchRunner, params, step) -> Callable:
+  """A SeqIO ``score_fn(ds) -> [(index, float)]`` from a compiled `score_batch` step."""
 
   def score(ds) -> list:
-    options = options_of(ds)
-    prepare = (lambda b: rank_classification.option_batch(b, options)) if options else None
     out = []
-    for indices, _, scores in runner.map(ds, params, step, prepare=prepare):
-      scores = np.asarray(scores, np.float64)
-      rows = scores.reshape(len(indices), -1) if options else scores
-      out += [(int(i), row.tolist()) for i, row in zip(indices, rows) if i >= 0]
+    for indices, _, scores in runner.map(ds, params, step):
+      out += [(int(i), float(s)) for i, s in zip(indices, np.asarray(scores, np.float64)) if i >= 0]
     return out
 
   return score
@@ -88,11 +70,11 @@ class Evaluator:
   """The tasks of a mixture (or one task), their metrics and results files, for one model.
 
   Args:
-    model: a `MedPalmMModel` (its vocabulary tokenizes the rank-classification options).
+    model: a `MedPalmMModel`.
     mixture_or_task_name: a registered SeqIO mixture or task.
     split: the evaluation split; tasks without it are left out with a warning.
     sequence_length: task feature lengths (None: the longest example sets each length).
-    batch_size: global examples per batch; rank classification scores batch_size × C rows.
+    batch_size: global examples per batch.
     partitioner: compiles every step (None: the default device).
     params_axes: mesh PartitionSpecs of the params under `partitioner` (None: replicated).
     output_dir: each task's metrics go to ``<output_dir>/<result name>/step_<step>.json``.
@@ -145,24 +127,10 @@ class Evaluator:
         )[0]
     )
     self._score = self._runner.compile(model.score_batch)
-    self._options = {
-        t.name: option_tokens(model.output_vocabulary, targets)
-        for t in self.eval_tasks
-        if (targets := features.task_info(t.name).rank_targets)
-    }
 
   @property
   def eval_tasks(self) -> Sequence[seqio.Task]:
     return self._evaluator.eval_tasks
-
-  def _options_of(self, ds) -> Optional[list]:
-    task_of = {id(d): name for name, d in self._evaluator.cached_model_datasets.items()}
-    if id(ds) not in task_of:
-      raise ValueError(
-          "score_fn was given a dataset that is not one of the evaluator's "
-          "cached task datasets; cannot tell which task's options to score"
-      )
-    return self._options.get(task_of[id(ds)])
 
   def evaluate(self, params, step: int = 0) -> dict[str, dict[str, Any]]:
     """{result name: {metric: value}} (values as the metric functions return them; NaN with a
@@ -171,7 +139,7 @@ class Evaluator:
         compute_metrics=jax.process_index() == 0,
         step=step,
         predict_fn=predict_fn(self._runner, params, self._predict),
-        score_fn=score_fn(self._runner, params, self._score, self._options_of),
+        score_fn=score_fn(self._runner, params, self._score),
     )
     if metrics is None:
       return {}

@@ -10,10 +10,6 @@ all run a model function over every example of a dataset the same way:
    their mesh shardings, the batch split over the data axes, outputs replicated.
 3. `BatchRunner.run` cuts this process's rows out of the global batch (every process reads the
    whole, small, evaluation set), assembles the global arrays and returns the outputs as numpy.
-
-A `prepare(batch) -> batch` hook may turn B examples into B·R rows on the host (rank
-classification: one row per class option, example-major); each process then feeds the R rows of
-each of its examples.
 """
 
 from __future__ import annotations
@@ -106,12 +102,7 @@ class BatchRunner:
     out = step(params, self.partitioner.host_local_to_global(host))
     return jax.tree.map(np.asarray, jax.device_get(out))
 
-  def map(
-      self, ds, params, step: PartitionedFn, prepare: Callable[[dict], dict] | None = None
-  ) -> Iterator[tuple[np.ndarray, dict, Any]]:
-    """(indices int[B], host batch, outputs) for every padded batch of `ds` (index -1: padding).
-
-    `prepare` turns the B-example batch into the rows `step` reads (e.g. B·C option rows).
-    """
+  def map(self, ds, params, step: PartitionedFn) -> Iterator[tuple[np.ndarray, dict, Any]]:
+    """(indices int[B], host batch, outputs) for every padded batch of `ds` (index -1: padding)."""
     for indices, batch in padded_batches(ds, self.batch_size):
-      yield indices, batch, self.run(step, params, prepare(batch) if prepare else batch)
+      yield indices, batch, self.run(step, params, batch)

@@ -1,13 +1,16 @@
 """KV-cache decoding: equal to recomputation, greedy / beam / sampling relations, sharding."""
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 
 from medpalm import decoding, partitioning
+from medpalm.model import MedPalmMModel
 from medpalm.models.medpalm_m import MedPalmM
 from tests.support.decoding import EOS, make_model, prompt_batch, small_config
 
@@ -209,29 +212,6 @@ def test_decode_step_without_prefill_is_a_clear_error(setup):
   assert EOS == model.output_vocabulary.eos_id
 
 
-def test_rank_classification_scores_each_option_after_the_prompt(setup):
-  from medpalm.evaluation import rank_classification
-
-  config, model, params, batch = setup
-  options = [[17, 1], [23, 29, 1], [5, 1]]
-  scores, probs, best = rank_classification.rank_classify(model, params, batch, options)
-  assert scores.shape == probs.shape == (2, 3)
-  np.testing.assert_allclose(np.asarray(probs).sum(1), 1.0, rtol=1e-6)
-  np.testing.assert_array_equal(best, np.argmax(np.asarray(scores), 1))
-  # By hand: the log-probabilities of the option tokens from one forward pass per option.
-  lengths = np.asarray(jnp.sum(batch["decoder_causal_attention"], 1))
-  for row in range(2):
-    for k, option in enumerate(options):
-      p = lengths[row]
-      seq = np.concatenate([np.asarray(batch["decoder_input_tokens"][row, :p]), option])
-      logits = MedPalmM(config).apply(
-          {"params": params}, jnp.asarray(seq)[None], images=batch["images"][row : row + 1]
-      )
-      log_probs = jax.nn.log_softmax(logits[0], -1)
-      want = sum(float(log_probs[p - 1 + j, tok]) for j, tok in enumerate(option))
-      assert float(scores[row, k]) == pytest.approx(want, rel=1e-5)
-
-
 def test_kv_cache_is_sharded_by_its_logical_axes():
   """Under the default rules the cache splits over the batch axes, like the activations."""
   config = small_config()
@@ -250,3 +230,38 @@ def test_kv_cache_is_sharded_by_its_logical_axes():
     assert leaf.shape == (2, 8, 24, 1, 16)
     assert leaf.sharding.spec[:2] == (None, ("data", "fsdp"))
     assert leaf.sharding.shard_shape(leaf.shape)[1] == 2
+
+
+def test_decodes_never_hold_the_image_placeholder_or_padded_vocabulary_rows(setup):
+  """With the embedding rows of the placeholder and of a padded id (past the vocabulary, the
+  rows the embedding adds to split over devices) made the likeliest outputs, greedy, sampled
+  and beam decodes still hold neither."""
+  config, _, params, _ = setup
+  size = config.decoder.vocab_size - 24  # the last 24 logits are padding
+  padded = config.decoder.vocab_size - 3
+  # The placeholder inside the vocabulary, so only its own rule can mask it.
+  config = dataclasses.replace(config, image_token_id=size - 1)
+  batch = prompt_batch(config)
+
+  class Vocab(seqio.PassThroughVocabulary):
+    image_placeholder_id = config.image_token_id
+
+  boosted = jax.tree.map(lambda x: x, params)
+  table = boosted["decoder"]["embedding"]
+  for i in (config.image_token_id, padded):
+    table = table.at[i].set(table[i] * 40.0)
+  boosted["decoder"]["embedding"] = table
+  for decode_fn, rng in (
+      (decoding.temperature_sample, None),
+      (decoding.temperature_sample, jax.random.key(1)),
+      (decoding.beam_search, None),
+  ):
+    model = MedPalmMModel(MedPalmM(config), Vocab(size, eos_id=EOS), decode_fn=decode_fn)
+    lengths = jnp.sum(batch["decoder_causal_attention"], 1)
+    raw = np.asarray(jnp.argmax(model.prefill(boosted, batch, 24, lengths).logits, -1))
+    assert set(raw.tolist()) <= {config.image_token_id, padded}  # unmasked, they would win
+    decodes, _ = model.predict_batch_with_aux(boosted, batch, rng=rng)
+    decodes = np.asarray(decodes)
+    assert decodes.any()
+    assert not np.isin(decodes, [config.image_token_id]).any()
+    assert not (decodes >= size).any()

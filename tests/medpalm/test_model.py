@@ -203,7 +203,7 @@ def test_optimizer_state_axes_follow_parameters(setup):
           image_mask=batch["image_mask"],
       )
   )
-  axes = opt.derive_logical_axes(state, nn.get_partition_spec(boxed)["params"])
+  axes = opt.derive_logical_axes(state, nn.get_partition_spec(boxed)["params"], params)
   flat = {
       jax.tree_util.keystr(p): a
       for p, a in jax.tree_util.tree_leaves_with_path(
@@ -221,13 +221,13 @@ def test_optimizer_state_axes_follow_parameters(setup):
   # Factored second moments (dims >= 128) keep the axes of the dims they keep.
   P = jax.sharding.PartitionSpec
   big = {"wi": jnp.zeros((2, 256, 512))}
-  big_axes = opt.derive_logical_axes(opt.init_state(big), {"wi": P("layers", "embed", "mlp")})
+  big_axes = opt.derive_logical_axes(opt.init_state(big), {"wi": P("layers", "embed", "mlp")}, big)
   specs = {
       jax.tree_util.keystr(p): a
       for p, a in jax.tree_util.tree_leaves_with_path(big_axes, is_leaf=lambda x: isinstance(x, P))
   }
-  assert specs["[0].v_row['wi']"] == P("layers", "embed")
-  assert specs["[0].v_col['wi']"] == P("layers", "mlp")
+  assert specs[".param_states[0][0].v_row['wi']"] == P("layers", "embed")
+  assert specs[".param_states[0][0].v_col['wi']"] == P("layers", "mlp")
   new_params, _ = opt.apply_gradient(None, params, state, jax.tree.map(jnp.ones_like, params))
   assert not np.allclose(new_params["projector"]["kernel"], params["projector"]["kernel"])
 

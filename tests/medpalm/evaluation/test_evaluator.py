@@ -13,7 +13,6 @@ import seqio
 
 from medpalm.models import configs
 from medpalm.evaluation import evaluator as evaluation, paper_results, report
-from medpalm import features as medpalm_features
 from medpalm.evaluation.runner import BatchRunner
 from medpalm.model import MedPalmMModel
 from medpalm.partitioning import Partitioner
@@ -154,39 +153,60 @@ def test_plain_score_batch_scores_are_reported_not_computed():
   ):
     out = fn(targets, np.array([-1.0, -2.0]))
     assert math.isnan(out["macro_auc"]) and math.isnan(out["macro_f1"])
-    assert "rank classification" in metrics.status_text(out["macro_auc_status"])
+    assert "rank-classification rows" in metrics.status_text(out["macro_auc_status"])
 
 
 # ----------------------------------------------------------------------------- rank classification
 
 
 @pytest.mark.parametrize("task", ["mimic_cxr_classification", "pad_ufes_20"])
-def test_rank_score_of_the_gold_option_is_the_targets_score(setup, task):
-  """The option scored for the gold class is token for token the task's target: its rank
-  log-likelihood equals score_batch of the example itself (prompt, offsets, EOS all agree)."""
-  env, model, params, runner = setup
+def test_rank_rows_score_every_option_after_the_same_prompt(setup, task):
+  """An evaluation example becomes one row per class option (SeqIO rank classification): the
+  same prompt and image, ``targets`` the option written as a target is; the gold option's row
+  is token for token the example's own target (" <answer>." + EOS), so its score is the
+  target's log-likelihood. The train split keeps one row per example."""
+  env, model, params, _ = setup
+  score = jax.jit(model.score_batch)
   name = f"{PREFIX}_{task}"
   classes = multimedbench.rank_options(name)
-  examples = _test_examples(name)
+  rows = _test_examples(name)
+  n = _num_test_examples(name)
+  assert len(rows) == n * len(classes)
+  vocab = env.vocabulary
+  post = seqio.get_mixture_or_task(name).postprocess_fn
+  for i in range(n):
+    group = rows[i * len(classes) : (i + 1) * len(classes)]
+    assert [tuple(r["idx"]) for r in group] == [(i, k) for k in range(len(classes))]
+    gold_text = group[0]["targets_pretokenized"].decode()
+    for k, row in enumerate(group):
+      np.testing.assert_array_equal(row["inputs"], group[0]["inputs"])
+      np.testing.assert_array_equal(row["images"], group[0]["images"])
+      expected = list(vocab.encode(" " + classes[k] + ".")) + [vocab.eos_id]
+      assert row["targets"].tolist() == expected
+      assert bool(row["is_correct"]) == (gold_text == classes[k] + ".")
+      target = post(row["targets_pretokenized"], example=row, is_target=True)
+      assert (target["example_index"], target["option_index"]) == (i, k)
+      assert target["answer"] == postprocessors.normalize(gold_text)
+    gold = [r for r in group if r["is_correct"]]
+    assert len(gold) == 1
+    assert gold[0]["targets"].tolist() == list(vocab.encode(" " + gold_text)) + [vocab.eos_id]
+  train = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="train", shuffle=False)
+  assert "idx" not in train.element_spec
+  # Scores of the rows regroup into one float[C] per example for the score metrics.
   ds = seqio.get_dataset(
       name,
       LENGTHS,
       dataset_split="test",
       shuffle=False,
       feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
-  ).enumerate()
-  targets = medpalm_features.task_info(name).rank_targets
-  assert [postprocessors.normalize(t) for t in targets] == list(classes)
-  tokens = evaluation.option_tokens(env.vocabulary, targets)
-  score = runner.compile(model.score_batch)
-  ranked = evaluation.score_fn(runner, params, score, lambda _: tokens)(ds)
-  plain = evaluation.score_fn(runner, params, score, lambda _: None)(ds)
-  assert [i for i, _ in ranked] == [i for i, _ in plain] == list(range(len(examples)))
-  for (_, options), (_, own), ex in zip(ranked, plain, examples):
-    assert len(options) == len(classes) and all(np.isfinite(options))
-    gold = classes.index(postprocessors.normalize(ex["targets_pretokenized"]))
-    np.testing.assert_allclose(options[gold], own, rtol=1e-5, atol=1e-4)
-    assert len(set(np.round(options, 4))) > 1  # options really differ
+      batch_size=len(rows),
+  )
+  scores = np.asarray(score(params, next(ds.as_numpy_iterator())))
+  targets = [post(r["targets_pretokenized"], example=r, is_target=True) for r in rows]
+  grouped, matrix = metrics.option_scores(targets, list(scores))
+  assert matrix.shape == (n, len(classes)) and np.isfinite(matrix).all()
+  np.testing.assert_array_equal(matrix.reshape(-1), scores)
+  assert len(set(np.round(matrix[0], 4))) > 1  # options really differ
 
 
 # ----------------------------------------------------------------------------- end to end
