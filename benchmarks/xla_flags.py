@@ -1,46 +1,58 @@
-"""The trainer's step under several XLA:CPU flag sets, each in its own process, rounds interleaved.
+"""The trainer's step compiled under several XLA:CPU option sets, timed interleaved in one process.
 
-    .venv/bin/python benchmarks/xla_flags.py                 # the candidate sets below, 2 rounds
-    .venv/bin/python benchmarks/xla_flags.py --sets "|--xla_cpu_use_onednn=true" --rounds 3
+    .venv/bin/python benchmarks/xla_flags.py                 # the candidate sets below
+    .venv/bin/python benchmarks/xla_flags.py --repeats 8 --layers 6 --length 384
 
-XLA reads `XLA_FLAGS` once, when its backend starts, so flag sets cannot share a process. Each
-set runs in a child process that times the trainer's own donated step (`common.train_step_fn`,
-remat `dots`) best-of-`--repeats`; rounds alternate the sets so that load from other processes
-falls on all of them alike. Prints the best time per set and its ratio to the first set (by
-default `medpalm.cpu_env`'s defaults, then the alternatives that were tried against them).
+Each set is a dict of XLA debug options passed to `compile(compiler_options=...)` of the same
+lowered step (the trainer's own donated step, `common.train_step_fn`, remat `dots`), so the sets
+share one process, one set of weights and one batch. Steps run round-robin, one per set per
+round, and each set keeps its best time: load from other processes falls on all sets alike.
+Prints the best time per set and its speed relative to the first set (`cpu_env`'s defaults as
+the driver applies them). A set XLA rejects is reported and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import subprocess
 import sys
+import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CANDIDATES = (
-    "",  # XLA's own defaults
-    "--xla_cpu_use_onednn=true",
-    "--xla_cpu_experimental_xnn_fusion_type=+eltwise,+reduce",
-    "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
-    "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
-)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import optax  # noqa: E402
+
+from common import RNG, cpu_env, init_state, text_batch, train_step_fn  # noqa: E402
+from medpalm.models import configs, medpalm_m  # noqa: E402
+
+CANDIDATES = {
+    "driver defaults": {},
+    "oneDNN matmuls": {"xla_cpu_use_onednn": True},
+    "XNNPACK off": {"xla_cpu_use_xnnpack": False},
+    "XNN eltwise fusion": {"xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE"},
+    "XNN graph fusion": {
+        "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"
+    },
+    "YNN dot fusion": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+}
 
 
-def child(args) -> None:
-  """Times the step in this process (XLA_FLAGS already set by the parent)."""
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, HERE)
-  import dataclasses
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=5, help="rounds (best kept per set)")
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--d_model", type=int, default=512)
+  parser.add_argument("--vocab", type=int, default=16384)
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--length", type=int, default=256)
+  parser.add_argument("--remat", default="dots")
+  args = parser.parse_args(argv)
 
-  import flax.linen as nn
-  import jax
-  import optax
-
-  from common import RNG, best_time, init_state, text_batch, train_step_fn
-  from medpalm.models import configs, medpalm_m
-
-  base = configs.get_config("tiny", dtype="float32", remat_policy="dots")
+  base = configs.get_config("tiny", dtype="float32", remat_policy=args.remat)
   decoder = dataclasses.replace(
       base.decoder,
       num_layers=args.layers,
@@ -55,61 +67,39 @@ def child(args) -> None:
   params = nn.meta.unbox(
       medpalm_m.MedPalmM(config).init(jax.random.key(0), batch["decoder_input_tokens"][:1, :8])
   )["params"]
-  state = [init_state(optax.adafactor(1e-3, momentum=0.9), params)]
-  step = train_step_fn(config)
+  optimizer = optax.adafactor(1e-3, momentum=0.9)
+  state = init_state(optimizer, params)
+  lowered = train_step_fn(config).lower(state, batch, RNG)
 
-  def run():
-    state[0], metrics, _ = step(state[0], batch, RNG)
-    jax.block_until_ready(metrics)
-
-  print(f"SECONDS {best_time(run, args.repeats):.6f}")
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sets", default="|".join(CANDIDATES), help="'|'-separated XLA_FLAGS sets")
-  parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--repeats", type=int, default=4)
-  parser.add_argument("--layers", type=int, default=4)
-  parser.add_argument("--d_model", type=int, default=512)
-  parser.add_argument("--vocab", type=int, default=16384)
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--length", type=int, default=256)
-  parser.add_argument(
-      "--max_isa", default="", help="e.g. AVX2: adds --xla_cpu_max_isa to every set"
-  )
-  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
-  if args.child:
-    return child(args)
-  sys.path.insert(0, HERE)
-  from medpalm.driver import cpu_env
+  steps, states, losses = {}, {}, {}
+  for name, options in CANDIDATES.items():
+    try:
+      steps[name] = lowered.compile(compiler_options=options)
+    except Exception as e:  # noqa: BLE001  (an option this XLA build does not know)
+      print(f"[{name}] rejected: {type(e).__name__}: {str(e)[:160]}")
+      continue
+    states[name] = jax.tree.map(lambda x: x.copy(), state)  # the same tree (and metadata)
+    states[name], metrics, _ = steps[name](states[name], batch, RNG)  # warm-up
+    losses[name] = float(metrics["loss"].total / metrics["loss"].count)
+  best = {name: float("inf") for name in steps}
+  for _ in range(args.repeats):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      states[name], metrics, _ = step(states[name], batch, RNG)
+      jax.block_until_ready(metrics)
+      best[name] = min(best[name], time.perf_counter() - start)
 
   print(cpu_env.describe())
-  sets = args.sets.split("|")
-  isa = f" --xla_cpu_max_isa={args.max_isa}" if args.max_isa else ""
-  best = {s: float("inf") for s in sets}
-  passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--child"]
-  for r in range(args.rounds):
-    for flags in sets:
-      env = {**os.environ, "XLA_FLAGS": (flags + isa).strip(), "MEDPALM_CPU_ENV": "off"}
-      out = subprocess.run(
-          [sys.executable, os.path.abspath(__file__), *passthrough, "--child"],
-          env=env,
-          capture_output=True,
-          text=True,
-      )
-      lines = [line for line in out.stdout.splitlines() if line.startswith("SECONDS ")]
-      if out.returncode or not lines:
-        print(f"round {r}: [{flags or 'XLA defaults'}] failed:\n{out.stderr[-2000:]}")
-        continue
-      seconds = float(lines[-1].split()[1])
-      best[flags] = min(best[flags], seconds)
-      print(f"round {r}: [{flags or 'XLA defaults'}] {seconds * 1e3:.1f} ms", flush=True)
-  first = best[sets[0]]
-  print(f"\nbest of {args.rounds} rounds x {args.repeats} steps{isa}:")
-  for flags, seconds in best.items():
-    print(f"  {seconds * 1e3:8.1f} ms  {first / seconds:5.2f}x  [{flags or 'XLA defaults'}]")
+  print(
+      f"decoder {args.layers}x{args.d_model}, vocab {args.vocab}, batch {args.batch} x "
+      f"{args.length}, remat {args.remat}, Adafactor; best of {args.repeats} interleaved rounds"
+  )
+  first = next(iter(best))
+  for name, seconds in best.items():
+    print(
+        f"  {seconds * 1e3:8.1f} ms  {best[first] / seconds:5.2f}x  first loss "
+        f"{losses[name]:.5f}  [{name}] {CANDIDATES[name] or ''}"
+    )
 
 
 if __name__ == "__main__":
