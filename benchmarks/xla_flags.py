@@ -81,15 +81,19 @@ def main(argv=None):
     states[name] = jax.tree.map(lambda x: x.copy(), state)  # the same tree (and metadata)
     states[name], metrics, _ = steps[name](states[name], batch, RNG)  # warm-up
     losses[name] = float(metrics["loss"].total / metrics["loss"].count)
+  print(cpu_env.describe(), flush=True)
   best = {name: float("inf") for name in steps}
-  for _ in range(args.repeats):
+  for round_ in range(args.repeats):
     for name, step in steps.items():
       start = time.perf_counter()
       states[name], metrics, _ = step(states[name], batch, RNG)
       jax.block_until_ready(metrics)
       best[name] = min(best[name], time.perf_counter() - start)
+    print(
+        f"round {round_}: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in best.items()),
+        flush=True,
+    )
 
-  print(cpu_env.describe())
   print(
       f"decoder {args.layers}x{args.d_model}, vocab {args.vocab}, batch {args.batch} x "
       f"{args.length}, remat {args.remat}, Adafactor; best of {args.repeats} interleaved rounds"
