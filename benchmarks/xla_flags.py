@@ -50,7 +50,12 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--remat", default="dots")
+  parser.add_argument(
+      "--only", default=None, help="comma-separated set names to compare (default: all)"
+  )
   args = parser.parse_args(argv)
+  cpu_env.retain_freed_memory()  # as the driver's entry points do
+  chosen = args.only.split(",") if args.only else list(CANDIDATES)
 
   base = configs.get_config("tiny", dtype="float32", remat_policy=args.remat)
   decoder = dataclasses.replace(
@@ -72,7 +77,8 @@ def main(argv=None):
   lowered = train_step_fn(config).lower(state, batch, RNG)
 
   steps, states, losses = {}, {}, {}
-  for name, options in CANDIDATES.items():
+  for name in chosen:
+    options = CANDIDATES[name]
     try:
       steps[name] = lowered.compile(compiler_options=options)
     except Exception as e:  # noqa: BLE001  (an option this XLA build does not know)
