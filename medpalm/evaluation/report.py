@@ -167,8 +167,9 @@ def render_markdown(
 ) -> str:
   """The report: one table row per task and metric of the paper, then notes and extra metrics.
 
-  `scored_only` leaves out tasks `results` has nothing for (a run that evaluates a subset, such
-  as the demo, instead of rows of "missing"); `table_note` is printed right above the table."""
+  `scored_only` leaves out every task and metric `results` has no value for (a run that scores
+  a subset, such as the demo, instead of rows of "missing"); `table_note` is printed right above the table.
+  """
   columns = paper_results.COLUMNS
   lines = [
       "# MultiMedBench results",
@@ -195,6 +196,8 @@ def render_markdown(
       continue
     for row in paper_results.results_for(task):
       _, shown = our_value(results, task, row.metric)
+      if scored_only and shown == MISSING:
+        continue
       paper = [_paper(row.value(c)) for c in columns]
       if row.prior_sota is not None and row.sota_reference:
         paper[-1] += f" {row.sota_reference}"
