@@ -3,42 +3,27 @@ in-process."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import seqio
+# XLA reads XLA_FLAGS when its backend starts (below, at RNG): the benchmarks get the driver's
+# CPU flags first, so they time what training runs.
+from medpalm.driver import cpu_env
 
-from medpalm import optimizers
-from medpalm.driver import trainer as trainer_lib
-from medpalm.driver.train_state import TrainState
-from medpalm.model import MedPalmMModel
-from medpalm.models.medpalm_m import MedPalmM
+cpu_env.configure(allocator=False)
 
-# glibc mallopt() parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import seqio  # noqa: E402
 
+from medpalm import optimizers  # noqa: E402
+from medpalm.driver import trainer as trainer_lib  # noqa: E402
+from medpalm.driver.train_state import TrainState  # noqa: E402
+from medpalm.model import MedPalmMModel  # noqa: E402
+from medpalm.models.medpalm_m import MedPalmM  # noqa: E402
 
-def retain_freed_memory() -> bool:
-  """Makes glibc keep freed memory in the process instead of returning it to the kernel.
-
-  XLA:CPU allocates a step's scratch space (1.5-3 GiB for the MFU benchmark's step) with one
-  malloc per execution. glibc serves it from a fresh mmap and unmaps it on free, so the kernel
-  zero-fills and page-faults every 4 KiB page of it again on each step (~17 % of the step's
-  CPU time in a `perf` profile). One heap arena, no mmap, and a 2 GiB trim threshold make the
-  next step reuse the same pages. Call before JAX starts its threads; returns False where libc
-  has no mallopt (not glibc).
-  """
-  libc = ctypes.CDLL(ctypes.util.find_library("c"))
-  if not hasattr(libc, "mallopt"):
-    return False
-  keep = 2**31 - 1
-  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, keep), (_M_TOP_PAD, keep))
-  return all(libc.mallopt(option, value) == 1 for option, value in settings)
+retain_freed_memory = cpu_env.retain_freed_memory  # the driver's allocator setting
 
 
 def add_allocator_flag(parser) -> None:
@@ -67,11 +52,40 @@ def best_time(fn, repeats: int = 3) -> float:
 
 
 def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-  """FLOP/s of one large square matmul on this machine, now (the ceiling a step can reach)."""
+  """FLOP/s of XLA's GEMM on one large square matmul on this machine, now."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
   f = jax.jit(lambda x: x @ x)
   t = best_time(lambda: jax.block_until_ready(f(a)), repeats)
   return 2 * n**3 / t
+
+
+def gemm_peaks(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> dict[str, float]:
+  """FLOP/s of an n×n @ n×n matmul through XLA, numpy (its BLAS) and torch (where installed),
+  each the best of `repeats`, in this process: the fastest GEMM available here, now."""
+  peaks = {"XLA": matmul_peak(n, jnp.dtype(dtype), repeats)}
+  if dtype == "float32":
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    peaks["numpy"] = 2 * n**3 / best_time(lambda: a @ a, repeats)
+    try:
+      import torch
+    except ImportError:
+      return peaks
+    t = torch.from_numpy(a)
+    with torch.no_grad():
+      peaks["torch"] = 2 * n**3 / best_time(lambda: t @ t, repeats)
+  return peaks
+
+
+def torch_settings() -> str:
+  """torch's kernel ISA and threads, where torch is installed (it reads ATEN_CPU_CAPABILITY)."""
+  try:
+    import torch
+  except ImportError:
+    return "torch not installed"
+  return (
+      f"torch {torch.__version__}: kernels {torch.backends.cpu.get_cpu_capability()}, "
+      f"{torch.get_num_threads()} threads"
+  )
 
 
 def text_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict:

@@ -2,7 +2,9 @@
 
 import sys
 
+from medpalm.driver import cpu_env
 from medpalm.driver.main import main
 
 if __name__ == "__main__":
+  cpu_env.configure()  # CPU runs: XLA flags and glibc's allocator setting (a no-op on TPU / GPU)
   sys.exit(main())

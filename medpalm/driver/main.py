@@ -81,6 +81,12 @@ def main(argv=None) -> int:
   # absl carries seqio's per-task "uncached FunctionDataset" advice: one line per task and run.
   logging.getLogger("absl").setLevel(logging.ERROR)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from medpalm.driver import cpu_env
+
+  # Before JAX's backend starts: XLA reads XLA_FLAGS once. A no-op for TPU / GPU runs. The
+  # allocator setting is process-wide, so only the program's entry point (below) makes it.
+  if cpu_env.configure(allocator=False):
+    logging.getLogger("medpalm").info(cpu_env.describe())
   initialize_distributed(args)
   import gin
   from medpalm.driver import eval as eval_lib  # noqa: F401  (registers configurables for gin)
@@ -97,4 +103,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from medpalm.driver import cpu_env
+
+  cpu_env.configure()
   sys.exit(main())

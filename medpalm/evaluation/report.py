@@ -162,8 +162,14 @@ def render_markdown(
     *,
     chart: Optional[str] = None,
     results_dir: Optional[str] = None,
+    scored_only: bool = False,
+    table_note: Optional[str] = None,
 ) -> str:
-  """The report: one table row per task and metric of the paper, then notes and extra metrics."""
+  """The report: one table row per task and metric of the paper, then notes and extra metrics.
+
+  `scored_only` leaves out every task and metric `results` has no value for (a run that scores
+  a subset, such as the demo, instead of rows of "missing"); `table_note` is printed right above the table.
+  """
   columns = paper_results.COLUMNS
   lines = [
       "# MultiMedBench results",
@@ -178,14 +184,20 @@ def render_markdown(
     lines += [f"Results read from `{results_dir}`.", ""]
   if chart:
     lines += [f"![MultiMedBench results: medpalm beside Med-PaLM M]({chart})", ""]
+  if table_note:
+    lines += [table_note, ""]
   header = ["Task", "Dataset", "Metric", "medpalm", "step"]
   header += [paper_results.COLUMN_TITLES[c] for c in columns]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   notes = []
   for task, (_, dataset) in paper_results.TASKS.items():
     result = results.get(task)
+    if scored_only and result is None:
+      continue
     for row in paper_results.results_for(task):
       _, shown = our_value(results, task, row.metric)
+      if scored_only and shown == MISSING:
+        continue
       paper = [_paper(row.value(c)) for c in columns]
       if row.prior_sota is not None and row.sota_reference:
         paper[-1] += f" {row.sota_reference}"
@@ -213,7 +225,8 @@ def render_markdown(
   for task in list(paper_results.TASKS) + sorted(set(results) - set(paper_results.TASKS)):
     result = results.get(task)
     if result is None:
-      lines.append(f"| {task} | – | {MISSING} |")
+      if not scored_only:
+        lines.append(f"| {task} | – | {MISSING} |")
       continue
     shown_keys = {row.metric for row in paper_results.PAPER_RESULTS if row.task == task}
     extra = []

@@ -46,6 +46,12 @@ def test_shortened_demo_writes_its_report(tmp_path):
   assert "multimedbench_medqa" in metrics and "accuracy" in metrics["multimedbench_medqa"]
   report = (out / "report.md").read_text()
   assert "with blanked images" in report and "| multimedbench_medqa | MedQA | Accuracy |" in report
+  # Synthetic fixtures, said at the top and right above the table; unscored tasks left out.
+  top, table = report.split("\n\n")[1], report[: report.index("| Task | Dataset |")]
+  assert "synthetic fixture" in top and "not comparable to the paper" in top
+  assert table.rstrip().endswith("Tasks the demo does not evaluate are left out.")
+  main_table = report[report.index("| Task | Dataset |") : report.index("## Other metrics")]
+  assert "| missing |" not in main_table and "| BLEU-1 |" not in main_table
   assert sorted(p.name for p in (out / "run").glob("checkpoint_*")) == ["checkpoint_30"]
   assert "step 30/30" in run.stdout and "resuming" not in run.stdout
   assert (out / "run" / "config.gin").exists() and list((out / "run" / "train").iterdir())

@@ -242,3 +242,21 @@ def test_report_modules_import_without_tensorflow_or_jax():
       [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
   )
   assert out.stdout.strip() == "[]"
+
+
+def test_scored_only_leaves_out_tasks_without_results_and_shows_the_note(tmp_path):
+  results = synthetic_results(seed=2)
+  kept = {t: results[t] for t in ("multimedbench_medqa", "multimedbench_vqa_rad")}
+  del kept["multimedbench_vqa_rad"]["token_f1"]  # a metric not scored: its row is left out too
+  write_all(tmp_path, kept, step=7)
+  loaded = report.load_results(str(tmp_path))
+  markdown = report.render_markdown(loaded, scored_only=True, table_note="Synthetic fixtures.")
+  task_rows = [l.split("|")[1].strip() for l in markdown.splitlines() if l.startswith("| multi")]
+  assert set(task_rows) == set(kept)
+  assert "| multimedbench_vqa_rad | VQA-RAD | F1 |" not in markdown
+  assert "| multimedbench_vqa_rad | VQA-RAD | BLEU-1 |" in markdown
+  assert report.MISSING not in markdown.split('"missing"')[-1]  # only the legend names it
+  table = markdown.index("| Task | Dataset |")
+  assert markdown.rindex("Synthetic fixtures.", 0, table) > markdown.index("# MultiMedBench")
+  full = report.render_markdown(loaded)  # the default still lists every task
+  assert "| multimedbench_slake |" in full and "Synthetic fixtures." not in full
