@@ -20,11 +20,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import pathlib
 
+# Registers bfloat16 with numpy: Gemma and Cohere checkpoints are bf16, and safetensors' numpy
+# reader fails with "data type 'bfloat16' not understood" in a process that has not imported it.
+import ml_dtypes  # noqa: F401
 import numpy as np
 from safetensors.numpy import load_file
 
+from medpalm.models import blocks
 from medpalm.models.configs import DecoderConfig, MedPalmMConfig, VisionConfig
 
 _ACT = {
@@ -106,9 +111,9 @@ def _rope_base(hf: dict) -> float:
 
 
 def _activation(hf: dict, key: str = "hidden_act") -> str:
-  act = hf.get("hidden_activation") or hf.get(key, "gelu_pytorch_tanh")
-  if act not in _ACT:
-    raise ValueError(f"unsupported activation {act!r}")
+  field = "hidden_activation" if hf.get("hidden_activation") else key
+  act = hf.get(field, "gelu_pytorch_tanh")
+  _unsupported(hf.get("model_type", "config"), field, act, tuple(_ACT))
   return _ACT[act]
 
 
@@ -142,14 +147,107 @@ def vision_config_from_hf(hf: dict) -> VisionConfig:
   )
 
 
-def gemma_config_from_hf(hf: dict) -> DecoderConfig:
+def _unsupported(source: str, field: str, value, allowed) -> None:
+  """Refuses a config field that changes the math in a way medpalm does not implement."""
+  if value not in allowed:
+    raise ValueError(
+        f"{source}: config field {field!r} = {value!r} is not supported (supported: "
+        f"{', '.join(map(repr, allowed))}); importing it would silently change the model"
+    )
+
+
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
+
+
+def _layer_types(hf: dict, kind: str) -> tuple[str, ...]:
+  """The shortest repeating pattern of HF `layer_types` as "local" / "global"."""
+  names = {"sliding_attention": "local", "full_attention": "global"}
+  types = hf.get("layer_types")
+  if not types:
+    if kind == "gemma2":
+      types = ["sliding_attention", "full_attention"] * ((hf["num_hidden_layers"] + 1) // 2)
+    elif kind == "gemma3_text":
+      period = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+      types = [
+          "full_attention" if (i + 1) % period == 0 else "sliding_attention"
+          for i in range(hf["num_hidden_layers"])
+      ]
+    else:
+      return ()
+  types = types[: hf["num_hidden_layers"]]
+  for t in types:
+    _unsupported(kind, "layer_types", t, tuple(names))
+  types = [names[t] for t in types]
+  if all(t == "global" for t in types):
+    return ()
+  for period in range(1, len(types) + 1):
+    if all(types[i] == types[i % period] for i in range(len(types))):
+      return tuple(types[:period])
+  raise AssertionError("unreachable: the whole list is a period")
+
+
+def _gemma_rope(hf: dict, kind: str) -> tuple[float, float | None, float]:
+  """(global base, local base, global linear scale) from rope_parameters / legacy fields."""
+  rope = hf.get("rope_parameters") or {}
+  if kind == "gemma3_text" and "full_attention" in rope:
+    full, local = rope["full_attention"], rope.get("sliding_attention") or {}
+    _unsupported(
+        kind,
+        "rope_parameters.sliding_attention.rope_type",
+        local.get("rope_type", "default"),
+        ("default",),
+    )
+    _unsupported(
+        kind,
+        "rope_parameters.full_attention.rope_type",
+        full.get("rope_type", "default"),
+        ("default", "linear"),
+    )
+    scale = float(full.get("factor", 1.0)) if full.get("rope_type") == "linear" else 1.0
+    return float(full["rope_theta"]), float(local.get("rope_theta", 10_000.0)), scale
+  scaling = hf.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+  allowed = ("default", "linear") if kind == "gemma3_text" else ("default",)
+  _unsupported(kind, "rope_parameters.rope_type", rope_type, allowed)
+  scale = (
+      float(rope.get("factor") or scaling.get("factor") or 1.0) if rope_type == "linear" else 1.0
+  )
+  local = hf.get("rope_local_base_freq") if kind == "gemma3_text" else None
+  return _rope_base(hf), None if local is None else float(local), scale
+
+
+def gemma_config_from_hf(
+    hf: dict, kind: str = "gemma", in_paligemma: bool = False
+) -> DecoderConfig:
+  """Gemma 1, 2 or 3 text config -> DecoderConfig; refuses fields whose math we lack.
+
+  `in_paligemma`: PaliGemma configures its Gemma bidirectional over the prefix, which medpalm
+  reproduces with `decoder_causal_attention`; a standalone bidirectional Gemma is refused."""
+  _unsupported(kind, "model_type", kind, GEMMA_TYPES)
   _require_tied(hf)
+  _unsupported(kind, "attention_bias", bool(hf.get("attention_bias", False)), (False,))
   act = "gelu_tanh" if _activation(hf) == "gelu" else _activation(hf)  # legacy Gemma "gelu"
+  if not in_paligemma:
+    _unsupported(
+        kind,
+        "use_bidirectional_attention",
+        hf.get("use_bidirectional_attention") or False,
+        (False,),
+    )
+  for field in ("attn_logit_softcapping", "final_logit_softcapping", "sliding_window"):
+    if kind == "gemma" and hf.get(field) is not None:
+      _unsupported(kind, field, hf[field], (None,))
+  attn_cap = hf.get("attn_logit_softcapping") if kind != "gemma" else None
+  final_cap = hf.get("final_logit_softcapping") if kind != "gemma" else None
+  layer_types = _layer_types(hf, kind) if kind != "gemma" else ()
+  rope_base, local_base, rope_scale = _gemma_rope(hf, kind)
+  scalar = hf.get("query_pre_attn_scalar")
+  head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
   return DecoderConfig(
       num_layers=hf["num_hidden_layers"],
       d_model=hf["hidden_size"],
       num_heads=hf["num_attention_heads"],
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+      head_dim=head_dim,
       d_ff=hf["intermediate_size"],
       num_kv_heads=hf["num_key_value_heads"],
       parallel_block=False,
@@ -159,20 +257,27 @@ def gemma_config_from_hf(hf: dict) -> DecoderConfig:
       norm="rmsnorm",
       norm_epsilon=hf.get("rms_norm_eps", 1e-6),
       norm_scale_plus_one=True,
+      qk_norm=kind == "gemma3_text",
+      post_norms=kind != "gemma",
+      query_scale=None if kind == "gemma" or scalar is None else float(scalar) ** -0.5,
+      attn_logit_softcap=None if attn_cap is None else float(attn_cap),
+      layer_types=layer_types,
+      sliding_window=hf.get("sliding_window") if layer_types else None,
       vocab_size=hf["vocab_size"],
-      rope_base=_rope_base(hf),
+      rope_base=rope_base,
+      local_rope_base=local_base,
+      rope_scale_factor=rope_scale,
       scale_embeddings=True,
       logits_scale=1.0,
+      final_logit_softcap=None if final_cap is None else float(final_cap),
   )
 
 
 def cohere_config_from_hf(hf: dict) -> DecoderConfig:
   _require_tied(hf)
-  if hf.get("use_qk_norm") or hf.get("attention_bias"):
-    raise ValueError(
-        "Cohere checkpoints with QK norm or attention biases are not PaLM blocks "
-        "and are not supported"
-    )
+  # QK norm or attention biases make it something other than a PaLM block.
+  _unsupported("cohere", "use_qk_norm", bool(hf.get("use_qk_norm")), (False,))
+  _unsupported("cohere", "attention_bias", bool(hf.get("attention_bias")), (False,))
   return DecoderConfig(
       num_layers=hf["num_hidden_layers"],
       d_model=hf["hidden_size"],
@@ -205,12 +310,8 @@ def _out_linear(t: Tensors, name: str, in_shape: tuple[int, ...], d_out: int) ->
   return t.take(name, (d_out, int(np.prod(in_shape)))).T.reshape(*in_shape, d_out)
 
 
-def _stack(layers: list[dict], scan: bool) -> dict:
-  if scan:
-    import jax  # Local: tree stacking only.
-
-    return {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
-  return {f"layers_{i}": layer for i, layer in enumerate(layers)}
+def _stack(layers: list[dict], config) -> dict:
+  return blocks.stack_layer_params(layers, config, stack_fn=np.stack)
 
 
 def _attention(t: Tensors, p: str, c, bias: bool, qk_perm: np.ndarray | None = None) -> dict:
@@ -271,7 +372,7 @@ def siglip_params(t: Tensors, prefix: str, c: VisionConfig) -> dict:
           "bias": t.take(prefix + "embeddings.patch_embedding.bias", (d,)),
       },
       "pos_embedding": t.take(prefix + "embeddings.position_embedding.weight", (c.num_tokens, d)),
-      "encoder": _stack(layers, c.scan_layers),
+      "encoder": _stack(layers, c),
       "final_norm": _norm(t, prefix + "post_layernorm", d, True),
   }
 
@@ -289,8 +390,16 @@ def _decoder_params(t: Tensors, prefix: str, c: DecoderConfig, qk_perm=None) -> 
             "wo": {"kernel": _out_linear(t, lp + "mlp.down_proj.weight", (c.d_ff,), d)},
         },
     }
+    if c.qk_norm:
+      layer["attention"]["query_norm"] = _norm(t, lp + "self_attn.q_norm", c.head_dim, False)
+      layer["attention"]["key_norm"] = _norm(t, lp + "self_attn.k_norm", c.head_dim, False)
     if c.parallel_block:
       layer["pre_norm"] = _norm(t, lp + "input_layernorm", d, False)
+    elif c.post_norms:  # Gemma 2 / 3: post_attention_layernorm norms the attention output
+      layer["pre_attention_norm"] = _norm(t, lp + "input_layernorm", d, False)
+      layer["post_attention_norm"] = _norm(t, lp + "post_attention_layernorm", d, False)
+      layer["pre_mlp_norm"] = _norm(t, lp + "pre_feedforward_layernorm", d, False)
+      layer["post_mlp_norm"] = _norm(t, lp + "post_feedforward_layernorm", d, False)
     else:
       layer["pre_attention_norm"] = _norm(t, lp + "input_layernorm", d, False)
       layer["pre_mlp_norm"] = _norm(t, lp + "post_attention_layernorm", d, False)
@@ -298,7 +407,7 @@ def _decoder_params(t: Tensors, prefix: str, c: DecoderConfig, qk_perm=None) -> 
   return {
       "embedding": t.take(prefix + "embed_tokens.weight", (c.vocab_size, d)),
       "final_norm": _norm(t, prefix + "norm", d, False),
-      "stack": _stack(layers, c.scan_layers),
+      "stack": _stack(layers, c),
   }
 
 
@@ -323,9 +432,11 @@ def import_siglip(path, **runtime) -> tuple[VisionConfig, dict, ImportReport]:
 
 
 def import_gemma(path, **runtime) -> tuple[DecoderConfig, dict, ImportReport]:
-  config = dataclasses.replace(gemma_config_from_hf(read_config(path, ("gemma",))), **runtime)
+  """Gemma 1, Gemma 2 or Gemma 3 text (`Gemma3ForCausalLM`) -> PalmDecoder params."""
+  hf = read_config(path, GEMMA_TYPES)
+  config = dataclasses.replace(gemma_config_from_hf(hf, hf["model_type"]), **runtime)
   t = Tensors(path)
-  prefix = t.find_prefix(["model.", ""], "embed_tokens.weight")
+  prefix = t.find_prefix(["model.", "", "model.language_model."], "embed_tokens.weight")
   return config, _decoder_params(t, prefix, config), t.report()
 
 
@@ -337,21 +448,15 @@ def import_cohere(path, **runtime) -> tuple[DecoderConfig, dict, ImportReport]:
   return config, params, t.report()
 
 
-def import_paligemma(path, **runtime) -> tuple[MedPalmMConfig, dict, ImportReport]:
-  """PaliGemma -> (MedPalmMConfig, MedPalmM params, report). Use prefix-bidirectional attention
-  (`decoder_causal_attention` on the image + prompt prefix) to reproduce PaliGemma exactly."""
-  hf = read_config(path, ("paligemma",))
-  vision = dataclasses.replace(vision_config_from_hf(hf["vision_config"]), **runtime)
+def _text_config(hf: dict, allowed: tuple[str, ...]) -> tuple[dict, str]:
   text = {"vocab_size": hf.get("vocab_size"), **hf["text_config"]}
-  decoder = dataclasses.replace(gemma_config_from_hf(text), **runtime)
-  config = MedPalmMConfig(
-      "paligemma",
-      vision,
-      decoder,
-      image_token_id=hf.get("image_token_id", hf.get("image_token_index")),
-  )
-  t = Tensors(path)
-  vp = t.find_prefix(
+  kind = text.get("model_type", allowed[0])
+  _unsupported(hf["model_type"], "text_config.model_type", kind, allowed)
+  return text, kind
+
+
+def _siglip_prefix(t: Tensors) -> str:
+  return t.find_prefix(
       [
           "model.vision_tower.vision_model.",
           "vision_tower.vision_model.",
@@ -360,9 +465,29 @@ def import_paligemma(path, **runtime) -> tuple[MedPalmMConfig, dict, ImportRepor
       ],
       "embeddings.patch_embedding.weight",
   )
-  dp = t.find_prefix(
+
+
+def _language_prefix(t: Tensors) -> str:
+  return t.find_prefix(
       ["model.language_model.", "language_model.model.", "language_model."], "embed_tokens.weight"
   )
+
+
+def import_paligemma(path, **runtime) -> tuple[MedPalmMConfig, dict, ImportReport]:
+  """PaliGemma 1 or 2 -> (MedPalmMConfig, MedPalmM params, report). Use prefix-bidirectional
+  attention (`decoder_causal_attention` on the image + prompt prefix) to reproduce PaliGemma."""
+  hf = read_config(path, ("paligemma",))
+  vision = dataclasses.replace(vision_config_from_hf(hf["vision_config"]), **runtime)
+  text, kind = _text_config(hf, ("gemma", "gemma2"))
+  decoder = dataclasses.replace(gemma_config_from_hf(text, kind, in_paligemma=True), **runtime)
+  config = MedPalmMConfig(
+      "paligemma2" if kind == "gemma2" else "paligemma",
+      vision,
+      decoder,
+      image_token_id=hf.get("image_token_id", hf.get("image_token_index")),
+  )
+  t = Tensors(path)
+  vp, dp = _siglip_prefix(t), _language_prefix(t)
   pp = t.find_prefix(["model.multi_modal_projector.", "multi_modal_projector."], "linear.weight")
   params = {
       "vision": siglip_params(t, vp, vision),
@@ -373,3 +498,62 @@ def import_paligemma(path, **runtime) -> tuple[MedPalmMConfig, dict, ImportRepor
       "decoder": _decoder_params(t, dp, decoder),
   }
   return config, params, t.report()
+
+
+def import_gemma3(path, **runtime) -> tuple[MedPalmMConfig, dict, ImportReport]:
+  """Gemma 3 multimodal (`Gemma3ForConditionalGeneration`, MedGemma 4B's architecture) ->
+  (MedPalmMConfig, MedPalmM params, report): SigLIP, average pool to `mm_tokens_per_image`,
+  RMSNorm + matmul projector, Gemma 3 decoder in which each image's rows see each other."""
+  hf = read_config(path, ("gemma3",))
+  vision = dataclasses.replace(vision_config_from_hf(hf["vision_config"]), **runtime)
+  text, kind = _text_config(hf, ("gemma3_text",))
+  decoder = dataclasses.replace(gemma_config_from_hf(text, kind), **runtime)
+  tokens = hf.get("mm_tokens_per_image", 256)
+  side, grid = math.isqrt(tokens), vision.image_size // vision.patch_size
+  if side * side != tokens or grid % side:
+    raise ValueError(
+        f"gemma3: config field 'mm_tokens_per_image' = {tokens} is not supported: the average "
+        f"pool needs a square number of tokens whose side divides the {grid}x{grid} patch grid"
+    )
+  config = MedPalmMConfig(
+      "gemma3",
+      vision,
+      decoder,
+      image_token_id=hf.get("image_token_id", hf.get("image_token_index")),
+      projector="pool_norm_linear",
+      pooled_tokens=tokens,
+      image_attention="bidirectional",
+  )
+  t = Tensors(path)
+  vp, dp = _siglip_prefix(t), _language_prefix(t)
+  pp = t.find_prefix(
+      ["model.multi_modal_projector.", "multi_modal_projector."], "mm_input_projection_weight"
+  )
+  c = vision.d_model
+  params = {
+      "vision": siglip_params(t, vp, vision),
+      "projector": {
+          "norm": _norm(t, pp + "mm_soft_emb_norm", c, False),
+          "kernel": t.take(pp + "mm_input_projection_weight", (c, decoder.d_model)),
+      },
+      "decoder": _decoder_params(t, dp, decoder),
+  }
+  return config, params, t.report()
+
+
+IMPORTERS = {
+    "gemma": import_gemma,
+    "gemma2": import_gemma,
+    "gemma3_text": import_gemma,
+    "cohere": import_cohere,
+    "siglip": import_siglip,
+    "siglip_vision_model": import_siglip,
+    "paligemma": import_paligemma,
+    "gemma3": import_gemma3,
+}
+
+
+def import_hf(path, **runtime):
+  """Any supported checkpoint, by its config.json `model_type` -> (config, params, report)."""
+  hf = read_config(path, tuple(IMPORTERS))
+  return IMPORTERS[hf["model_type"]](path, **runtime)
