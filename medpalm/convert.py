@@ -27,7 +27,7 @@ import pathlib
 # reader fails with "data type 'bfloat16' not understood" in a process that has not imported it.
 import ml_dtypes  # noqa: F401
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from medpalm.models import blocks
 from medpalm.models.configs import DecoderConfig, MedPalmMConfig, VisionConfig
@@ -557,3 +557,363 @@ def import_hf(path, **runtime):
   """Any supported checkpoint, by its config.json `model_type` -> (config, params, report)."""
   hf = read_config(path, tuple(IMPORTERS))
   return IMPORTERS[hf["model_type"]](path, **runtime)
+
+
+# --- export to Hugging Face ---------------------------------------------------------------------
+#
+# The inverse of the importers: our parameter trees -> the tensor names and layouts that
+# transformers' `from_pretrained` reads, plus a config.json of the same architecture. Tied input
+# and output embeddings are written once (the embedding), as `save_pretrained` does.
+
+
+def _hf_linear(kernel: np.ndarray, n_in: int = 1) -> np.ndarray:
+  """Our kernel [*in, *out] -> HF Linear weight [prod(out), prod(in)]."""
+  kernel = np.asarray(kernel)
+  d_in = int(np.prod(kernel.shape[:n_in]))
+  return kernel.reshape(d_in, -1).T
+
+
+def _put_attention(out: dict, p: str, a: dict, names=("q_proj", "k_proj", "v_proj"), o="o_proj"):
+  for ours, theirs in zip(("query", "key", "value"), names):
+    out[p + theirs + ".weight"] = _hf_linear(a[ours]["kernel"])
+    if "bias" in a[ours]:
+      out[p + theirs + ".bias"] = np.asarray(a[ours]["bias"]).reshape(-1)
+  out[p + o + ".weight"] = _hf_linear(a["out"]["kernel"], n_in=2)
+  if "bias" in a["out"]:
+    out[p + o + ".bias"] = np.asarray(a["out"]["bias"])
+
+
+def _put_norm(out: dict, name: str, norm: dict) -> None:
+  out[name + ".weight"] = np.asarray(norm["scale"])
+  if "bias" in norm:
+    out[name + ".bias"] = np.asarray(norm["bias"])
+
+
+def siglip_tensors(params: dict, prefix: str, c: VisionConfig) -> dict[str, np.ndarray]:
+  """VisionTransformer params -> SigLIP vision tensors under `prefix`."""
+  p, d = c.patch_size, c.d_model
+  out = {
+      prefix
+      + "embeddings.patch_embedding.weight": np.asarray(params["patch_embedding"]["kernel"])
+      .reshape(p, p, 3, d)
+      .transpose(3, 2, 0, 1),
+      prefix + "embeddings.patch_embedding.bias": np.asarray(params["patch_embedding"]["bias"]),
+      prefix + "embeddings.position_embedding.weight": np.asarray(params["pos_embedding"]),
+  }
+  _put_norm(out, prefix + "post_layernorm", params["final_norm"])
+  for i, layer in enumerate(blocks.layer_params(params["encoder"], c)):
+    lp = f"{prefix}encoder.layers.{i}."
+    _put_norm(out, lp + "layer_norm1", layer["pre_attention_norm"])
+    _put_norm(out, lp + "layer_norm2", layer["pre_mlp_norm"])
+    _put_attention(out, lp + "self_attn.", layer["attention"], o="out_proj")
+    for ours, theirs in (("wi", "fc1"), ("wo", "fc2")):
+      out[lp + f"mlp.{theirs}.weight"] = _hf_linear(layer["mlp"][ours]["kernel"])
+      out[lp + f"mlp.{theirs}.bias"] = np.asarray(layer["mlp"][ours]["bias"])
+  return out
+
+
+def decoder_tensors(params: dict, prefix: str, c: DecoderConfig) -> dict[str, np.ndarray]:
+  """PalmDecoder params -> Gemma 1/2/3 or Cohere decoder tensors under `prefix`."""
+  out = {prefix + "embed_tokens.weight": np.asarray(params["embedding"])}
+  _put_norm(out, prefix + "norm", params["final_norm"])
+  unperm = np.argsort(interleaved_to_half_split(c.head_dim)) if c.parallel_block else None
+  for i, layer in enumerate(blocks.layer_params(params["stack"], c)):
+    lp = f"{prefix}layers.{i}."
+    attention = dict(layer["attention"])
+    if unperm is not None:  # back to Cohere's interleaved RoPE pairs
+      for name in ("query", "key"):
+        attention[name] = {"kernel": np.asarray(attention[name]["kernel"])[..., unperm]}
+    _put_attention(out, lp + "self_attn.", attention)
+    if c.qk_norm:
+      _put_norm(out, lp + "self_attn.q_norm", attention["query_norm"])
+      _put_norm(out, lp + "self_attn.k_norm", attention["key_norm"])
+    mlp = layer["mlp"]
+    out[lp + "mlp.gate_proj.weight"] = _hf_linear(mlp["wi_0"]["kernel"])
+    out[lp + "mlp.up_proj.weight"] = _hf_linear(mlp["wi_1"]["kernel"])
+    out[lp + "mlp.down_proj.weight"] = _hf_linear(mlp["wo"]["kernel"])
+    if c.parallel_block:
+      _put_norm(out, lp + "input_layernorm", layer["pre_norm"])
+    elif c.post_norms:
+      _put_norm(out, lp + "input_layernorm", layer["pre_attention_norm"])
+      _put_norm(out, lp + "post_attention_layernorm", layer["post_attention_norm"])
+      _put_norm(out, lp + "pre_feedforward_layernorm", layer["pre_mlp_norm"])
+      _put_norm(out, lp + "post_feedforward_layernorm", layer["post_mlp_norm"])
+    else:
+      _put_norm(out, lp + "input_layernorm", layer["pre_attention_norm"])
+      _put_norm(out, lp + "post_attention_layernorm", layer["pre_mlp_norm"])
+  return out
+
+
+_HF_ACT = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "silu": "silu"}
+
+
+def decoder_family(c: DecoderConfig) -> str:
+  """The Hugging Face `model_type` whose math a DecoderConfig is."""
+  if c.parallel_block:
+    return "cohere"
+  if c.qk_norm:
+    return "gemma3_text"
+  return "gemma2" if c.post_norms else "gemma"
+
+
+def _hf_layer_types(c: DecoderConfig) -> list[str]:
+  names = {"local": "sliding_attention", "global": "full_attention"}
+  return [names[c.layer_type(i)] for i in range(c.num_layers)]
+
+
+def decoder_hf_config(c: DecoderConfig) -> dict:
+  """config.json fields of the text model (transformers fills in the rest)."""
+  kind = decoder_family(c)
+  hf = {
+      "model_type": kind,
+      "vocab_size": c.vocab_size,
+      "hidden_size": c.d_model,
+      "intermediate_size": c.d_ff,
+      "num_hidden_layers": c.num_layers,
+      "num_attention_heads": c.num_heads,
+      "num_key_value_heads": c.num_kv_heads,
+      "head_dim": c.head_dim,
+      "tie_word_embeddings": True,
+      "attention_bias": False,
+  }
+  if kind == "cohere":
+    return {
+        **hf,
+        "hidden_act": _HF_ACT[c.mlp_activation],
+        "layer_norm_eps": c.norm_epsilon,
+        "logit_scale": c.output_scale,
+        "use_qk_norm": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base},
+    }
+  hf.update(hidden_activation=_HF_ACT[c.mlp_activation], rms_norm_eps=c.norm_epsilon)
+  if kind == "gemma":
+    return {**hf, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base}}
+  scalar = c.head_dim if c.query_scale is None else c.query_scale**-2
+  hf.update(
+      query_pre_attn_scalar=round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar,
+      attn_logit_softcapping=c.attn_logit_softcap,
+      final_logit_softcapping=c.final_logit_softcap,
+      sliding_window=c.sliding_window or 4096,
+      layer_types=_hf_layer_types(c),
+  )
+  if kind == "gemma2":
+    if c.rope_scale_factor != 1.0 or c.local_rope_base not in (None, c.rope_base):
+      raise ValueError("gemma2 has one unscaled RoPE: rope_scale_factor / local_rope_base")
+    return {**hf, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base}}
+  full = {"rope_type": "default", "rope_theta": c.rope_base}
+  if c.rope_scale_factor != 1.0:
+    full = {"rope_type": "linear", "factor": c.rope_scale_factor, "rope_theta": c.rope_base}
+  local = {"rope_type": "default", "rope_theta": c.local_rope_base or c.rope_base}
+  return {**hf, "rope_parameters": {"full_attention": full, "sliding_attention": local}}
+
+
+def vision_hf_config(c: VisionConfig) -> dict:
+  return {
+      "model_type": "siglip_vision_model",
+      "hidden_size": c.d_model,
+      "intermediate_size": c.d_ff,
+      "num_hidden_layers": c.num_layers,
+      "num_attention_heads": c.num_heads,
+      "image_size": c.image_size,
+      "patch_size": c.patch_size,
+      "hidden_act": _HF_ACT[c.mlp_activation],
+      "layer_norm_eps": c.norm_epsilon,
+      "vision_use_head": False,  # medpalm keeps every patch token; there is no MAP head
+  }
+
+
+_CAUSAL_LM = {
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "cohere": "CohereForCausalLM",
+}
+
+
+def export_hf(config, params: dict, path, dtype: str = "bfloat16") -> pathlib.Path:
+  """Writes `path/config.json` + `path/model.safetensors` that transformers loads as the same
+  architecture (PaliGemma 1/2, Gemma 3 multimodal, Gemma 1/2/3 text, Cohere, SigLIP vision).
+
+  config: a MedPalmMConfig, DecoderConfig or VisionConfig; params: the matching tree (MedPalmM,
+  PalmDecoder or VisionTransformer params, any layer layout). dtype: of the written tensors.
+  """
+  params = _host(params)
+  if isinstance(config, MedPalmMConfig):
+    decoder, vision = config.decoder, config.vision
+    tensors = {
+        **siglip_tensors(params["vision"], "model.vision_tower.vision_model.", vision),
+        **decoder_tensors(params["decoder"], "model.language_model.", decoder),
+    }
+    text, kind = decoder_hf_config(decoder), decoder_family(decoder)
+    if config.projector == "pool_norm_linear":
+      if kind != "gemma3_text":
+        raise ValueError(f"the pooled projector exports as gemma3, whose text model is not {kind}")
+      pp = "model.multi_modal_projector."
+      _put_norm(tensors, pp + "mm_soft_emb_norm", params["projector"]["norm"])
+      tensors[pp + "mm_input_projection_weight"] = np.asarray(params["projector"]["kernel"])
+      hf = {
+          "model_type": "gemma3",
+          "architectures": ["Gemma3ForConditionalGeneration"],
+          "mm_tokens_per_image": config.pooled_tokens,
+          "image_token_index": config.image_token_id,
+          "tie_word_embeddings": True,
+      }
+    else:
+      if kind not in ("gemma", "gemma2"):
+        raise ValueError(
+            f"the affine projector exports as paligemma, whose text model is not {kind}"
+        )
+      pp = "model.multi_modal_projector.linear."
+      tensors[pp + "weight"] = _hf_linear(params["projector"]["kernel"])
+      tensors[pp + "bias"] = np.asarray(params["projector"]["bias"])
+      hf = {
+          "model_type": "paligemma",
+          "architectures": ["PaliGemmaForConditionalGeneration"],
+          "image_token_index": config.image_token_id,
+          "projection_dim": decoder.d_model,
+          "hidden_size": decoder.d_model,
+          "vocab_size": decoder.vocab_size,
+          "tie_word_embeddings": True,
+      }
+    hf.update(text_config=text, vision_config=vision_hf_config(vision))
+  elif isinstance(config, DecoderConfig):
+    tensors = decoder_tensors(params, "model.", config)
+    hf = {**decoder_hf_config(config), "architectures": [_CAUSAL_LM[decoder_family(config)]]}
+  elif isinstance(config, VisionConfig):
+    tensors = siglip_tensors(params, "vision_model.", config)
+    hf = {**vision_hf_config(config), "architectures": ["SiglipVisionModel"]}
+  else:
+    raise ValueError(f"cannot export a {type(config).__name__}")
+  hf["dtype"] = dtype
+  out = pathlib.Path(path)
+  out.mkdir(parents=True, exist_ok=True)
+  np_dtype = np.dtype(dtype)
+  save_file(
+      {name: np.ascontiguousarray(t.astype(np_dtype)) for name, t in tensors.items()},
+      str(out / "model.safetensors"),
+      metadata={"format": "pt"},
+  )
+  (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+  return out
+
+
+def _host(tree):
+  """Nested dicts of numpy arrays (gathers jax arrays; unboxes logical partitioning)."""
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    return {k: _host(v) for k, v in tree.items()}
+  value = getattr(tree, "value", tree)  # flax Partitioned boxes
+  return np.asarray(value)
+
+
+# --- fine-tuning from an open checkpoint ----------------------------------------------------------
+
+
+def hf_model_config(path, vocab=None, **runtime) -> MedPalmMConfig:
+  """The MedPalmMConfig of a multimodal Hugging Face checkpoint (PaliGemma 1/2, Gemma 3), for
+  gin: `MedPalmM.config = @convert.hf_model_config()` next to a restore through `import_hf`.
+
+  vocab: the run's vocabulary. Its ids must fit the checkpoint's embedding table (which cannot
+  grow without new rows nobody trained); its image placeholder id becomes the model's.
+  runtime: dtype, param_dtype, scan_layers, remat_policy, dropout_rate (both towers).
+  """
+  hf = read_config(path, ("paligemma", "gemma3"))
+  text, kind = _text_config(hf, ("gemma", "gemma2", "gemma3_text"))
+  vision = vision_config_from_hf(hf["vision_config"])
+  decoder = gemma_config_from_hf(text, kind, in_paligemma=hf["model_type"] == "paligemma")
+  image_id = hf.get("image_token_id", hf.get("image_token_index"))
+  if vocab is not None:
+    if int(vocab.vocab_size) > decoder.vocab_size:
+      raise ValueError(
+          f"{path}: the run's vocabulary has {vocab.vocab_size} ids but the checkpoint's "
+          f"embedding table (text_config.vocab_size) has {decoder.vocab_size} rows"
+      )
+    placeholder = getattr(vocab, "image_placeholder_id", None)
+    image_id = image_id if placeholder is None else int(placeholder)
+  extra = {}
+  if hf["model_type"] == "gemma3":
+    extra = dict(
+        projector="pool_norm_linear",
+        pooled_tokens=hf.get("mm_tokens_per_image", 256),
+        image_attention="bidirectional",
+    )
+  config = MedPalmMConfig(hf["model_type"], vision, decoder, image_id, **extra)
+  return config.replace(**runtime) if runtime else config
+
+
+def read_checkpoint_params(path) -> dict:
+  """Parameters of a medpalm checkpoint as numpy trees: a `checkpoint_<step>` directory, a model
+  dir (its latest checkpoint) or the directory `python -m medpalm.convert import` wrote."""
+  import orbax.checkpoint as ocp  # Local: only the command line reads medpalm checkpoints.
+
+  path = pathlib.Path(path).absolute()
+  if (path / "params").is_dir():
+    return _host(ocp.StandardCheckpointer().restore(path / "params"))
+  if not (path / "state").is_dir():
+    steps = sorted(path.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+    steps = [p for p in steps if p.name.split("_")[-1].isdigit() and (p / "state").is_dir()]
+    if not steps:
+      raise ValueError(f"{path}: no params/, state/ or checkpoint_<step>/state inside")
+    path = steps[-1]
+  state = ocp.StandardCheckpointer().restore(path / "state")
+  return _host(state["params"])
+
+
+def main(argv=None) -> int:
+  """python -m medpalm.convert import HF_DIR OUT_DIR
+  python -m medpalm.convert export CHECKPOINT HF_CONFIG_DIR OUT_DIR [--dtype bfloat16]
+
+  import: HF_DIR (save_pretrained) -> OUT_DIR/params (orbax), OUT_DIR/config.json (the source's,
+    which `export` reuses) and OUT_DIR/import_report.json.
+  export: CHECKPOINT (a medpalm checkpoint_<step>, model dir or import directory) with the
+    architecture of HF_CONFIG_DIR's config.json (the checkpoint it was fine-tuned from) ->
+    OUT_DIR loadable by transformers' from_pretrained.
+  """
+  import argparse
+  import shutil
+
+  parser = argparse.ArgumentParser(prog="python -m medpalm.convert", description=main.__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  imp = sub.add_parser("import", help="Hugging Face directory -> medpalm params")
+  imp.add_argument("hf_dir")
+  imp.add_argument("out_dir")
+  exp = sub.add_parser("export", help="medpalm checkpoint -> Hugging Face directory")
+  exp.add_argument("checkpoint")
+  exp.add_argument("hf_config_dir")
+  exp.add_argument("out_dir")
+  exp.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  args = parser.parse_args(argv)
+  if args.command == "import":
+    import orbax.checkpoint as ocp
+
+    config, params, report = import_hf(args.hf_dir)
+    out = pathlib.Path(args.out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(out / "params", params)
+    checkpointer.wait_until_finished()
+    shutil.copy(pathlib.Path(args.hf_dir) / "config.json", out / "config.json")
+    (out / "import_report.json").write_text(json.dumps(dataclasses.asdict(report), indent=1))
+    print(f"imported {len(report.used)} tensors ({len(report.unused)} unused) into {out}")
+    return 0
+  config, _, _ = import_hf_config(args.hf_config_dir)
+  params = read_checkpoint_params(args.checkpoint)
+  out = export_hf(config, params, args.out_dir, dtype=args.dtype)
+  print(f"exported {type(config).__name__} to {out}")
+  return 0
+
+
+def import_hf_config(path):
+  """(config, model_type, hf dict) of a supported checkpoint directory, reading no tensors."""
+  hf = read_config(path, tuple(IMPORTERS))
+  kind = hf["model_type"]
+  if kind in ("paligemma", "gemma3"):
+    return hf_model_config(path), kind, hf
+  if kind in GEMMA_TYPES:
+    return gemma_config_from_hf(hf, kind), kind, hf
+  if kind == "cohere":
+    return cohere_config_from_hf(hf), kind, hf
+  return vision_config_from_hf(hf.get("vision_config", hf)), kind, hf
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,7 +1,9 @@
 """Named architecture configs: `tiny`, `12b`, `84b`, `562b` and the PaliGemma-shaped family.
 
 Sizes follow the paper (Med-PaLM M = PaLM-E = ViT + PaLM): 12b = ViT-e + PaLM 8B, 84b = ViT-22B +
-PaLM 62B, 562b = ViT-22B + PaLM 540B. Switches on `TransformerConfig` cover the blocks of every
+PaLM 62B, 562b = ViT-22B + PaLM 540B. The open starting points: paligemma_3b (SigLIP + Gemma 2B),
+paligemma2_3b (SigLIP + Gemma 2 2B) and gemma3_4b (MedGemma 4B's shapes: SigLIP at 896 px pooled
+to 256 tokens + Gemma 3 4B). Switches on `TransformerConfig` cover the blocks of every
 architecture whose weights we load (SigLIP, Gemma, Cohere) so one implementation serves all.
 
     python -m medpalm.models --summary      # parameter counts by eval_shape, no allocation
@@ -276,6 +278,59 @@ def gemma_2b() -> DecoderConfig:
   )
 
 
+def gemma2_2b() -> DecoderConfig:
+  """Gemma 2 2B as in PaliGemma 2 3B: post-norms, GQA 8/4, soft-capped attention (50) and logits
+  (30), local (4096-token window) and global layers alternating from a local one."""
+  return dataclasses.replace(
+      gemma_2b(),
+      num_layers=26,
+      d_model=2304,
+      num_kv_heads=4,
+      d_ff=9216,
+      post_norms=True,
+      query_scale=256**-0.5,
+      attn_logit_softcap=50.0,
+      final_logit_softcap=30.0,
+      layer_types=("local", "global"),
+      sliding_window=4096,
+  )
+
+
+def gemma3_4b() -> DecoderConfig:
+  """Gemma 3 4B (MedGemma 4B's decoder): QK norm, 5 local (1024-token window, RoPE base 10k) to
+  1 global layer (RoPE base 1M, positions scaled by 1/8), 262,208 ids."""
+  return dataclasses.replace(
+      gemma_2b(),
+      num_layers=34,
+      d_model=2560,
+      num_kv_heads=4,
+      d_ff=10240,
+      vocab_size=262_208,
+      qk_norm=True,
+      post_norms=True,
+      query_scale=256**-0.5,
+      layer_types=("local",) * 5 + ("global",),
+      sliding_window=1024,
+      rope_base=1_000_000.0,
+      local_rope_base=10_000.0,
+      rope_scale_factor=8.0,
+  )
+
+
+def _gemma3_4b_multimodal() -> MedPalmMConfig:
+  """MedGemma 4B's shapes: SigLIP So400m/14 at 896 px (4096 patches) average-pooled to 256
+  tokens, RMSNorm + matmul projector, Gemma 3 4B; each image's rows attend to each other."""
+  return MedPalmMConfig(
+      "gemma3_4b",
+      dataclasses.replace(siglip_so400m(), image_size=896),
+      gemma3_4b(),
+      image_token_id=262_144,
+      projector="pool_norm_linear",
+      pooled_tokens=256,
+      image_attention="bidirectional",
+  )
+
+
 def _tiny() -> MedPalmMConfig:
   vision = VisionConfig(
       num_layers=2,
@@ -302,6 +357,8 @@ CONFIGS: dict[str, Callable[[], MedPalmMConfig]] = {
     # PaLM 540B: 48 heads x 256 = 12288 attention width, narrower than d_model 18432.
     "562b": lambda: MedPalmMConfig("562b", vit_22b(), palm(118, 18432, 48, 73728), 255_999),
     "paligemma_3b": lambda: MedPalmMConfig("paligemma_3b", siglip_so400m(), gemma_2b(), 257_152),
+    "paligemma2_3b": lambda: MedPalmMConfig("paligemma2_3b", siglip_so400m(), gemma2_2b(), 257_152),
+    "gemma3_4b": _gemma3_4b_multimodal,
 }
 
 

@@ -117,9 +117,7 @@ def _batch(prompts, extra=None):
 
 
 @pytest.mark.parametrize("scan", [True, False])
-@pytest.mark.parametrize(
-    "family", ["gemma2", "gemma3_text"], ids=["gemma2", "gemma3_text"]
-)
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"], ids=["gemma2", "gemma3_text"])
 def test_decoder_logits_match(tmp_path, family, scan):
   if family == "gemma2":
     ref = _save(transformers.Gemma2ForCausalLM(gemma2_config()), tmp_path)

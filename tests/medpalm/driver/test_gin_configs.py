@@ -19,10 +19,27 @@ FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))
 EXPECTED = {
     f"{d}/{n}.gin"
     for d, names in {
-        "models": ["medpalm_m_tiny", "medpalm_m_12b", "medpalm_m_84b", "medpalm_m_562b"],
-        "runs": ["train", "eval", "infer"],
+        "models": [
+            "medpalm_m_tiny",
+            "medpalm_m_12b",
+            "medpalm_m_84b",
+            "medpalm_m_562b",
+            "paligemma_3b",
+            "paligemma2_3b",
+            "gemma3_4b",
+        ],
+        "runs": ["train", "eval", "infer", "finetune"],
         "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
-        "experiments": ["demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b"],
+        "experiments": [
+            "demo_cpu",
+            "multimedbench_12b",
+            "multimedbench_84b",
+            "multimedbench_562b",
+            "finetune_demo_cpu",
+            "finetune_paligemma_3b",
+            "finetune_paligemma2_3b",
+            "finetune_gemma3_4b",
+        ],
     }.items()
     for n in names
 }
@@ -32,6 +49,7 @@ REQUIRED = [
     "CHECKPOINT_PATH = '/tmp/x'",
     "EVAL_OUTPUT_DIR = '/tmp/x'",
     "INFER_OUTPUT_DIR = '/tmp/x'",
+    "INITIAL_CHECKPOINT_PATH = '/tmp/x'",
 ]
 
 
