@@ -147,7 +147,7 @@ class Attention(nn.Module):
       held.value = jnp.where(valid, jnp.take_along_axis(positions, index, axis=1), -1)
       return k, v, None
     position = positions[:, 0]
-    slot = position % size
+    slot = position % cached_k.value.shape[1]  # the size the prefill chose
     write = jax.vmap(lambda cache, x, i: jax.lax.dynamic_update_slice_in_dim(cache, x, i, 0))
     cached_k.value = write(cached_k.value, k, slot)
     cached_v.value = write(cached_v.value, v, slot)

@@ -248,3 +248,31 @@ def test_gemma3_multimodal_greedy_matches_generate(tmp_path):
         token_type_ids=torch.tensor([[int(t == IMAGE_ID) for t in prompt]], dtype=torch.long),
     )
     assert np.asarray(decodes[row])[:NEW_TOKENS].tolist() == theirs
+
+
+def test_window_cache_steps_match_the_full_forward(tmp_path):
+  """Teacher-forced: every cached decoding step's logits (ring buffers wrapping several times,
+  rows of different prompt lengths in one batch) equal the uncached forward pass's, which the
+  tests above tie to transformers."""
+  _save(transformers.Gemma2ForCausalLM(gemma2_config()), tmp_path)
+  decoder, params, _ = convert.import_gemma(tmp_path)
+  config = MedPalmMConfig("text", configs.get_config("tiny").vision, decoder, IMAGE_ID)
+  model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(VOCAB, EOS))
+  lengths, steps = (9, 3 * WINDOW + 2, 6), 3 * WINDOW
+  rows = _tokens(3, max(lengths) + steps, VOCAB - 4, seed=7)
+  prompts = [row[:n].tolist() for row, n in zip(rows, lengths)]
+  batch = _batch(prompts)
+  total = batch["decoder_input_tokens"].shape[1]
+  start = model.prefill({"decoder": params}, batch, total, jnp.asarray(lengths, jnp.int32))
+  want = np.asarray(_decoder_logits(decoder, params, rows))
+  got = [np.asarray(start.logits)]
+  cache, positions = start.cache, np.asarray(lengths)
+  for i in range(steps):
+    tokens = rows[np.arange(3), positions + i][:, None]
+    logits, cache = model.extend(
+        {"decoder": params}, jnp.asarray(tokens), jnp.asarray(positions + i)[:, None], cache
+    )
+    got.append(np.asarray(logits))
+  for i, step in enumerate(got):
+    expected = want[np.arange(3), positions - 1 + i]
+    assert np.max(np.abs(step - expected)) <= TOL, i
