@@ -70,7 +70,8 @@ def test_finetune_experiment_imports_trains_checkpoints_and_exports(tmp_path):
   ).eval()
   before = dict(source.named_parameters())
   after = dict(exported.named_parameters())
-  assert set(after) == set(before)
+  # medpalm keeps every patch token: SigLIP's MAP head is not imported, nor exported.
+  assert set(after) == {n for n in before if ".vision_tower.head." not in n}
   name = "model.vision_tower.vision_model.embeddings.patch_embedding.weight"
   old, new = before[name].detach().numpy().ravel(), after[name].detach().numpy().ravel()
   assert not np.array_equal(old, new)  # trained ...
