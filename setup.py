@@ -32,6 +32,7 @@ setuptools.setup(
         "numpy>=2.4,<2.5",
         "protobuf>=7.36",
         "safetensors>=0.8",
+        "ml_dtypes>=0.6,<0.7",  # bfloat16 for numpy when safetensors are read
         "rouge-score>=0.1.2",
         "sacrebleu>=2.6",
         "scikit-learn>=1.9",

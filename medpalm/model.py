@@ -258,6 +258,7 @@ class MedPalmMModel:
         **inputs,
         prefill=True,
         max_decode_length=length,
+        prompt_lengths=prompt_lengths,
         mutable=["cache"],
     )
     last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]

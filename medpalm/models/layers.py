@@ -140,16 +140,17 @@ class Norm(nn.Module):
     return y.astype(self.dtype)
 
 
-def rotary_embedding(x: Array, positions: Array, base: float) -> Array:
+def rotary_embedding(x: Array, positions: Array, base: float, scale: float = 1.0) -> Array:
   """Applies RoPE with the "half-split" pairing (dim i rotates with dim i + head_dim/2).
 
   Args:
     x: float[B, T, H, K] queries or keys.
     positions: int32[B, T] absolute positions (images reuse text positions, as in PaLM-E).
     base: wavelength base (10,000 for PaLM and Gemma).
+    scale: positions are divided by it (linear RoPE scaling, Gemma 3's global layers).
   """
   half = x.shape[-1] // 2
-  inv_freq = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
+  inv_freq = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half) / scale
   angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, K/2]
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -158,7 +159,13 @@ def rotary_embedding(x: Array, positions: Array, base: float) -> Array:
 
 
 def dot_product_attention(
-    q: Array, k: Array, v: Array, mask: Array | None, dtype: DType, implementation: str = "jax"
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None,
+    dtype: DType,
+    implementation: str = "jax",
+    softcap: float | None = None,
 ) -> Array:
   """Softmax attention with grouped (multi-query) keys and values.
 
@@ -171,9 +178,13 @@ def dot_product_attention(
     q: [B, T, H, K] queries, already scaled.
     k, v: [B, S, G, K] with G dividing H (G = 1 is PaLM's multi-query attention).
     mask: bool[B, 1, T, S] (True = may attend) or None.
+    softcap: logits become softcap * tanh(logits / softcap) before the mask (Gemma 2). Neither
+      fused path has the cap, so capped attention always takes the reference path.
   Returns:
     [B, T, H, K].
   """
+  if softcap is not None:
+    implementation = "reference"
   if implementation == "jax":
     return jax.nn.dot_product_attention(
         q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=1.0
@@ -191,6 +202,8 @@ def dot_product_attention(
   g = k.shape[2]
   q = q.reshape(b, t, g, h // g, d)
   logits = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32)
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
   if mask is not None:
     big_neg = jnp.finfo(jnp.float32).min
     logits = jnp.where(mask[:, :, None], logits, big_neg)

@@ -6,6 +6,8 @@ Inputs follow the SeqIO / T5X feature names: `decoder_input_tokens`, `decoder_ta
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,9 +15,47 @@ import numpy as np
 
 from medpalm.models.configs import MedPalmMConfig
 from medpalm.models import multimodal
-from medpalm.models.layers import Array, DenseGeneral, constrain
+from medpalm.models.layers import Array, DenseGeneral, Norm, constrain, param
 from medpalm.models.palm import PalmDecoder
 from medpalm.models.vit import VisionTransformer
+
+
+class PoolNormProjector(nn.Module):
+  """Gemma 3's projector: float[N, P·P, C] patch tokens -> float[N, S·S, D].
+
+  Averages k×k blocks of the P×P patch grid (k = P / S, row-major as the patches), applies
+  RMSNorm(1 + w) and a bias-free [C, D] matmul; 4096 patches at 896 px become 256 tokens.
+  """
+
+  config: MedPalmMConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    n, tokens, channels = x.shape
+    grid, side = math.isqrt(tokens), math.isqrt(c.pooled_tokens)
+    k = grid // side
+    x = x.astype(jnp.float32).reshape(n, side, k, side, k, channels).mean(axis=(2, 4))
+    x = x.reshape(n, side * side, channels)
+    dtype, param_dtype = jnp.dtype(c.decoder.dtype), jnp.dtype(c.decoder.param_dtype)
+    x = Norm(
+        kind="rmsnorm",
+        epsilon=c.vision.norm_epsilon,
+        scale_plus_one=True,
+        axis_name="vit_embed",
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name="norm",
+    )(x)
+    kernel = param(
+        self,
+        "kernel",
+        nn.initializers.lecun_normal(),
+        (channels, c.decoder.d_model),
+        ("vit_embed", "embed"),
+        param_dtype,
+    )
+    return x @ kernel.astype(dtype)
 
 
 class MedPalmM(nn.Module):
@@ -24,14 +64,17 @@ class MedPalmM(nn.Module):
   def setup(self):
     c = self.config
     self.vision = VisionTransformer(c.vision)
-    self.projector = DenseGeneral(
-        (c.vision.d_model,),
-        (c.decoder.d_model,),
-        ("vit_embed", "embed"),
-        use_bias=True,
-        dtype=jnp.dtype(c.decoder.dtype),
-        param_dtype=jnp.dtype(c.decoder.param_dtype),
-    )
+    if c.projector == "pool_norm_linear":
+      self.projector = PoolNormProjector(c)
+    else:
+      self.projector = DenseGeneral(
+          (c.vision.d_model,),
+          (c.decoder.d_model,),
+          ("vit_embed", "embed"),
+          use_bias=True,
+          dtype=jnp.dtype(c.decoder.dtype),
+          param_dtype=jnp.dtype(c.decoder.param_dtype),
+      )
     self.decoder = PalmDecoder(c.decoder)
 
   def embed_images(
@@ -72,6 +115,7 @@ class MedPalmM(nn.Module):
       decode: bool = False,
       prefill: bool = False,
       max_decode_length: int | None = None,
+      prompt_lengths: Array | None = None,
   ) -> Array:
     """Logits float32[B, T, vocab] of the multimodal sentence (T5X's decoder-only signature).
 
@@ -82,6 +126,8 @@ class MedPalmM(nn.Module):
     and stores every position's keys/values in a cache of `max_decode_length` positions;
     `decode=True` takes one token per row (`decoder_input_tokens: int32[B, 1]`) at
     `decoder_positions: int32[B, 1]` and attends to the cache up to that position.
+    `prompt_lengths` (int32[B], prefill only): each row's real prompt length, which the
+    sliding-window layers' ring buffers need to keep the right keys (default: the whole row).
     """
     c = self.config
     tokens = decoder_input_tokens
@@ -105,8 +151,13 @@ class MedPalmM(nn.Module):
       x = multimodal.merge_image_rows(x, rows, tokens == c.image_token_id)
     if decoder_positions is None:
       decoder_positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    mask = multimodal.attention_mask(
-        tokens.shape[1], decoder_causal_attention, decoder_target_tokens
+    local = "local" in c.decoder.pattern
+    mask = multimodal.decoder_masks(
+        tokens.shape[1],
+        decoder_causal_attention,
+        decoder_target_tokens,
+        image_rows=(tokens == c.image_token_id) if c.image_attention == "bidirectional" else None,
+        window=c.decoder.sliding_window if local else None,
     )
     mode, cache_length = "full", None
     if prefill:
@@ -124,6 +175,7 @@ class MedPalmM(nn.Module):
         enable_dropout=enable_dropout,
         mode=mode,
         cache_length=cache_length,
+        prompt_lengths=prompt_lengths if prefill else None,
     )
 
 

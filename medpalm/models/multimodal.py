@@ -37,6 +37,46 @@ def attention_mask(
   return mask
 
 
+def image_block_mask(image_rows: Array) -> Array:
+  """bool[B, 1, T, T]: True where query and key are rows of the same image (one contiguous run
+  of placeholder rows, image_rows bool[B, T]); Gemma 3 lets each image see itself whole."""
+  starts = image_rows & ~jnp.pad(image_rows, ((0, 0), (1, 0)))[:, :-1]
+  block = jnp.where(image_rows, jnp.cumsum(starts, axis=1), 0)
+  same = block[:, :, None] == block[:, None, :]
+  return (same & image_rows[:, :, None] & image_rows[:, None, :])[:, None]
+
+
+def decoder_masks(
+    length: int,
+    decoder_causal_attention: Array | None = None,
+    decoder_target_tokens: Array | None = None,
+    image_rows: Array | None = None,
+    window: int | None = None,
+):
+  """The decoder's attention mask, or (global, local) masks for a decoder with local layers.
+
+  image_rows (bool[B, T]): each image's rows also attend to each other (Gemma 3). window: the
+  local layers' sliding window. With a bidirectional prefix the local mask is the windowed causal
+  mask OR the prefix block (PaliGemma 2: the prefix is whole in every layer); otherwise the local
+  layers restrict the global mask to the window (Gemma 3: AND(window, OR(causal, image block))),
+  which `blocks.Stack` derives itself.
+  """
+  mask = attention_mask(length, decoder_causal_attention, None)
+  if image_rows is not None:
+    mask = mask | image_block_mask(image_rows)
+  pad = lambda m: m
+  if decoder_target_tokens is not None:
+    valid = decoder_target_tokens > 0
+    pad = lambda m: m & valid[:, None, :, None] & valid[:, None, None, :]
+  if window is None or decoder_causal_attention is None:
+    return pad(mask)
+  idx = jnp.arange(length)
+  local = ((idx[None, :] <= idx[:, None]) & (idx[None, :] > idx[:, None] - window))[None, None]
+  prefix = decoder_causal_attention.astype(bool)
+  local = local | (prefix[:, None, :, None] & prefix[:, None, None, :])
+  return pad(mask), pad(local)
+
+
 def compact_valid_images(image_mask: Array) -> Array:
   """int32[B, N] permutation that moves the valid images of each row first, in order."""
   return jnp.argsort(~image_mask.astype(bool), axis=1, stable=True).astype(jnp.int32)

@@ -39,7 +39,13 @@ class PalmDecoder(nn.Module):
         dtype=jnp.dtype(c.dtype),
         param_dtype=jnp.dtype(c.param_dtype),
     )
-    self.stack = Stack(c, DECODER_AXES, rope_base=c.rope_base)
+    self.stack = Stack(
+        c,
+        DECODER_AXES,
+        rope_base=c.rope_base,
+        local_rope_base=c.local_rope_base,
+        rope_scale=c.rope_scale_factor,
+    )
     self.dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
 
   def embed(self, tokens: Array) -> Array:
@@ -63,22 +69,26 @@ class PalmDecoder(nn.Module):
       enable_dropout: bool = False,
       mode: str = "full",
       cache_length: int | None = None,
+      prompt_lengths: Array | None = None,
   ) -> Array:
     """Runs the decoder.
 
     Args:
       tokens: int32[B, T]; ignored when `embeddings` is given.
       positions: int32[B, T] RoPE positions.
-      attention_mask: bool[B, 1, T, T], True where a query may attend to a key.
+      attention_mask: bool[B, 1, T, T], True where a query may attend to a key, or a (global,
+        local) pair when local layers see more than their window of the global mask (a
+        bidirectional prefix); see `Stack`.
       embeddings: float[B, T, D] inputs already embedded (text with image rows merged in).
-      mode, cache_length: KV cache behaviour ("full", "prefill", "extend"), see `Attention`.
+      mode, cache_length, prompt_lengths: KV cache behaviour ("full", "prefill", "extend"), see
+        `Attention`.
     Returns:
       float32[B, T, vocab] logits.
     """
     c = self.config
     x = self.embed(tokens) if embeddings is None else embeddings
     x = self.dropout(x, deterministic=not enable_dropout)
-    x = self.stack(x, positions, attention_mask, enable_dropout, mode, cache_length)
+    x = self.stack(x, positions, attention_mask, enable_dropout, mode, cache_length, prompt_lengths)
     x = self.final_norm(x)
     logits = (
         jnp.einsum(
@@ -86,4 +96,6 @@ class PalmDecoder(nn.Module):
         )
         * c.output_scale
     )
+    if c.final_logit_softcap is not None:
+      logits = c.final_logit_softcap * jnp.tanh(logits / c.final_logit_softcap)
     return constrain(logits, ("batch", "length", "vocab"))

@@ -15,7 +15,12 @@ from medpalm.partitioning import Partitioner
 from tests.support import driver as driver_setup
 
 GIN_DIR = os.path.join(driver_setup.REPO, "gin_configs")
-FILES = sorted(glob.glob(os.path.join(GIN_DIR, "*", "*.gin")))
+# medpalm's own driver files; gin_configs/t5x/ is for T5X's binaries (tests/medpalm/t5x/).
+FILES = sorted(
+    f
+    for d in ("models", "runs", "partitioning", "experiments")
+    for f in glob.glob(os.path.join(GIN_DIR, d, "*.gin"))
+)
 EXPECTED = {
     f"{d}/{n}.gin"
     for d, names in {
@@ -26,14 +31,29 @@ EXPECTED = {
             "medpalm_m_84b",
             "medpalm_m_562b",
         ],
-        "runs": ["train", "eval", "infer"],
-        "partitioning": ["cpu_test", "fsdp", "fsdp_tensor"],
+            "paligemma_3b",
+            "paligemma2_3b",
+            "gemma3_4b",
+        ],
+        "runs": ["train", "eval", "infer", "finetune"],
+        "partitioning": [
+            "cpu_test",
+            "fsdp",
+            "fsdp_tensor",
+            "12b_v5e_64",
+            "84b_v5p_128",
+            "562b_v5p_512",
+        ],
         "experiments": [
             "demo_cpu",
             "multimedbench_12b",
             "multimedbench_84b",
             "multimedbench_562b",
             "multimedbench_84b_without_cxr_classification",
+            "finetune_demo_cpu",
+            "finetune_paligemma_3b",
+            "finetune_paligemma2_3b",
+            "finetune_gemma3_4b",
         ],
     }.items()
     for n in names
@@ -44,6 +64,7 @@ REQUIRED = [
     "CHECKPOINT_PATH = '/tmp/x'",
     "EVAL_OUTPUT_DIR = '/tmp/x'",
     "INFER_OUTPUT_DIR = '/tmp/x'",
+    "INITIAL_CHECKPOINT_PATH = '/tmp/x'",
 ]
 
 
