@@ -30,7 +30,6 @@ EXPECTED = {
             "medpalm_m_12b",
             "medpalm_m_84b",
             "medpalm_m_562b",
-        ],
             "paligemma_3b",
             "paligemma2_3b",
             "gemma3_4b",
