@@ -122,8 +122,37 @@ def data_config(
   }
 
 
-def split_names(task: str) -> tuple[str, ...]:
+# The split evaluated during training (loss and inference metrics every EVAL_PERIOD steps).
+# Every task has one: the dataset's official validation split where it has one, otherwise a
+# fixed held-out slice of its training split (then left out of "train"): HOLDOUT_FRACTION of the
+# training images (or records, for text tasks), at least HOLDOUT_MIN and at most a quarter, chosen by
+# a hash of the task and the image key / record id, so the slice never changes and never shares
+# an image with training.
+TRAIN_EVAL = "train_eval"
+HOLDOUT_FRACTION = 0.02
+HOLDOUT_MIN = 64
+
+
+def reader_splits(task: str) -> tuple[str, ...]:
   return tuple(readers.get_module(readers.TASK_READERS[task][0]).SPLITS)
+
+
+def split_names(task: str) -> tuple[str, ...]:
+  return (*reader_splits(task), TRAIN_EVAL)
+
+
+def train_eval_source(task: str) -> str:
+  """Where a task's train-eval split comes from: "validation" or "train" (a held-out slice)."""
+  return "validation" if "validation" in reader_splits(task) else "train"
+
+
+def holdout(task: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
+  """(training records, held-out records) of a split without an official validation split."""
+  group = lambda r: str(r.get("image_key") or r["id"])
+  keys = sorted({group(r) for r in records}, key=lambda k: prompts._hash64(task, "holdout", k))
+  count = min(max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * len(keys))), len(keys) // 4)
+  held = set(keys[:count])
+  return [r for r in records if group(r) not in held], [r for r in records if group(r) in held]
 
 
 # Classification tasks whose metrics include macro-AUC: their score-based metrics
@@ -249,7 +278,18 @@ def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, pathlib.Path | Non
 
 
 def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path | None, dict]:
-  """Records of one split (+ the prepared split directory and manifest for image tasks)."""
+  """Records of one split (+ the prepared split directory and manifest for image tasks); the
+  train-eval split and, where it is held out of training, the train split (see TRAIN_EVAL)."""
+  if split in (TRAIN_EVAL, "train") and train_eval_source(cfg.task) == "train":
+    records, out, manifest = _read_reader_split(cfg, "train")
+    kept, held = holdout(cfg.task, records)
+    return (held if split == TRAIN_EVAL else kept), out, manifest
+  if split == TRAIN_EVAL:
+    split = "validation"
+  return _read_reader_split(cfg, split)
+
+
+def _read_reader_split(cfg: TaskConfig, split: str):
   ddir, proot = _locations(cfg)
   if cfg.task not in IMAGE_TASKS:
     result = readers.read_task(cfg.task, split, data_dir=ddir, on_error=data_config()["on_error"])

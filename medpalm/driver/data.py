@@ -106,6 +106,29 @@ def input_shapes_and_types(ds: tf.data.Dataset, global_batch_size: int):
   return shapes, types
 
 
+def model_input_shapes(model, task_feature_lengths: Mapping[str, int], global_batch_size: int):
+  """Global model-feature shapes and numpy dtypes from the feature lengths and the model config
+  (no dataset needed: eval and infer build their parameters before reading any example).
+
+  Tokens: int32[B, inputs + targets]; images: uint8[B, N, S, S, 3] with N the `images` length
+  (default 1) and S the config's image size; image_mask: bool[B, N].
+  """
+  length = int(task_feature_lengths["inputs"]) + int(task_feature_lengths["targets"])
+  num_images = int(task_feature_lengths.get("images", 1))
+  size = model.config.vision.image_size
+  shapes, types = {}, {}
+  for name in (
+      "decoder_input_tokens",
+      "decoder_target_tokens",
+      "decoder_causal_attention",
+      "decoder_loss_weights",
+  ):
+    shapes[name], types[name] = (global_batch_size, length), np.dtype(np.int32)
+  shapes["images"], types["images"] = (global_batch_size, num_images, size, size, 3), np.uint8
+  shapes["image_mask"], types["image_mask"] = (global_batch_size, num_images), np.dtype(bool)
+  return shapes, types
+
+
 class BatchIterator:
   """Iterates global batches of a host-local dataset; `save` / `restore` its position.
 

@@ -79,6 +79,19 @@ class TrainStateInitializer:
         shardings,
     )
 
+  def abstract_params(self) -> Any:
+    """The params' ShapeDtypeStructs with their NamedShardings (a params-only restore)."""
+    return self.abstract_state().params
+
+  def params_from_scratch(self, rng: jax.Array) -> Any:
+    """The params alone, each leaf in its sharding (eval / infer: no optimizer state)."""
+    fn = self._partitioner.partition(
+        lambda r: self._init(r)[0].params,
+        in_axis_resources=None,
+        out_axis_resources=self.train_state_axes.params,
+    )
+    return fn(rng)
+
   def from_scratch(self, rng: jax.Array) -> TrainState:
     """Initializes every leaf in its own sharding (never whole on one device)."""
     if self._init_fn is None:

@@ -107,8 +107,8 @@ def test_two_processes_agree_with_one(tmp_path):
     for i in range(2):
       argv = driver_setup.train_argv(multi_dir, 6, extra + argv_extra) + [
           f"--coordinator_address=localhost:{port}",
-          "--num_processes=2",
-          f"--process_id={i}",
+          "--process_count=2",
+          f"--process_index={i}",
       ]
       procs.append(launch(argv, tmp_path / f"{tag}{i}.log", devices=4))
     for i, p in enumerate(procs):
