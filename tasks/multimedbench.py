@@ -636,6 +636,8 @@ def render_user_record(
     raise ValueError(f"{cfg.name} is a text task: a user record for it has no 'image'")
   record.setdefault("id", "user:" + json.dumps(record, sort_keys=True) + "|" + "|".join(paths))
   record["id"] = str(record["id"])
+  if paths:  # what readers record, and what keeps an image's own records out of its exemplars
+    record.setdefault("image_path", paths[0])
   try:
     pool, texts = _exemplar_pool(cfg)
   except (readers.MissingDatasetError, _prepare().NotPreparedError, FileNotFoundError) as e:

@@ -11,3 +11,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402  (must come after the environment above)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def gcs(tmp_path_factory, monkeypatch):
+  """A local GCS server with bucket `bucket`; this process and its children are pointed at it
+  (gs://bucket/... through etils.epath, orbax and tensorstore). Stopped at the end."""
+  from tests.support.gcs import fake_gcs
+
+  with fake_gcs(tmp_path_factory.mktemp("gcs")) as env:
+    for name, value in env.items():
+      monkeypatch.setenv(name, value)
+    yield env

@@ -133,7 +133,7 @@ class DatasetArgs(ocp.args.CheckpointArgs):
 # --- the manager --------------------------------------------------------------------------------
 
 
-def ensure_writable(path: str) -> str:
+def ensure_writable(path: str, what: str = "directory") -> str:
   """Creates the directory `path` (local or gs://); raises ValueError naming it when it cannot
   be created or written."""
   directory = epath.Path(path)
@@ -143,7 +143,7 @@ def ensure_writable(path: str) -> str:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise ValueError(f"{path!r} is not a writable directory: {e}") from None
+    raise ValueError(f"{what} {path!r} is not a writable directory: {e}") from None
   return path
 
 

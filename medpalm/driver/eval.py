@@ -125,7 +125,7 @@ def evaluate(
 
   `params_dtype`: cast the restored parameters (e.g. "bfloat16"; None keeps them as saved).
   """
-  checkpoints.ensure_writable(output_dir)
+  checkpoints.ensure_writable(output_dir, "output_dir")
   params, step, params_axes = restore_params(
       model,
       restore_checkpoint_cfg,

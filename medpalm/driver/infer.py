@@ -128,7 +128,7 @@ def infer(
 
   if dataset_cfg.module:
     __import__(dataset_cfg.module)
-  ckpt_lib.ensure_writable(output_dir)
+  ckpt_lib.ensure_writable(output_dir, "output_dir")
   params, step, params_axes = eval_lib.restore_params(
       model,
       restore_checkpoint_cfg,

@@ -126,7 +126,7 @@ def train(
     raise ValueError(f"total_steps must be >= 0, got {total_steps}")
   if stop_after_steps is not None and stop_after_steps < 1:
     raise ValueError(f"stop_after_steps must be >= 1 or None, got {stop_after_steps}")
-  ckpt_lib.ensure_writable(model_dir)
+  ckpt_lib.ensure_writable(model_dir, "MODEL_DIR")
   batch_size = train_dataset_cfg.batch_size
   layout = partitioner.get_data_layout(batch_size)
   ds = data_lib.get_dataset(
