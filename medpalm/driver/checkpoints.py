@@ -154,9 +154,10 @@ def write_text(path: str, text: str) -> None:
   if "://" in os.fspath(path):
     target.write_text(text)
     return
-  tmp = target.parent / (target.name + ".tmp")
-  tmp.write_text(text)
-  tmp.rename(target)
+  tmp = os.fspath(path) + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, os.fspath(path))
 
 
 class CheckpointManager:

@@ -55,10 +55,13 @@ def get_dataset(
     num_shards: int,
     feature_converter_cls,
     num_epochs: int | None = None,
+    pad_remainder: bool = False,
 ) -> tf.data.Dataset:
   """This host's batches: dict of arrays with leading dim `cfg.batch_size // num_shards`.
 
-  `num_epochs=None` repeats forever (training); the last partial batch is dropped.
+  `num_epochs=None` repeats forever (training). The last partial batch is dropped, or with
+  `pad_remainder` filled up with all-zero rows (no loss weight, no valid image, no placeholder),
+  so that a split smaller than a batch (a small train_eval split) is still evaluated.
   """
   if cfg.module:
     importlib.import_module(cfg.module)
@@ -87,7 +90,11 @@ def get_dataset(
       seed=cfg.seed,
       verbose=False,
   )
-  ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=True).prefetch(2)
+  rows = cfg.batch_size // num_shards
+  if pad_remainder:
+    ds = ds.batch(rows, drop_remainder=False).map(lambda b: _pad_rows(b, rows)).prefetch(2)
+  else:
+    ds = ds.batch(rows, drop_remainder=True).prefetch(2)
   if cfg.input_threads is None:
     return ds
   if cfg.input_threads < 1:
@@ -97,6 +104,16 @@ def get_dataset(
   options.threading.max_intra_op_parallelism = 1
   options.autotune.enabled = False
   return ds.with_options(options)
+
+
+def _pad_rows(batch: dict, rows: int) -> dict:
+  """Each feature [n, ...] zero-padded to [rows, ...] (n <= rows)."""
+  out = {}
+  for name, value in batch.items():
+    missing = rows - tf.shape(value)[0]
+    padded = tf.pad(value, [[0, missing]] + [[0, 0]] * (value.shape.rank - 1))
+    out[name] = tf.ensure_shape(padded, [rows, *value.shape[1:]])
+  return out
 
 
 def input_shapes_and_types(ds: tf.data.Dataset, global_batch_size: int):

@@ -55,7 +55,8 @@ def _train_eval(
     writers: dict,
     step: int,
 ) -> dict[str, dict[str, float]]:
-  """Loss metrics of each task of `cfg` over at most `eval_steps` batches of its split."""
+  """Loss metrics of each task of `cfg` over at most `eval_steps` batches of its split (the
+  last one padded with zero-weight rows, so a split smaller than a batch still counts)."""
   import dataclasses
 
   results = {}
@@ -68,6 +69,7 @@ def _train_eval(
         layout.num_shards,
         trainer.model.FEATURE_CONVERTER_CLS,
         num_epochs=1,
+        pad_remainder=True,
     )
     total = None
     batches = data_lib.BatchIterator(

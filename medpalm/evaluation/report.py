@@ -80,9 +80,9 @@ def write_results(results_dir: str, task: str, step: int, metrics: Mapping[str, 
   if "://" in path:  # an object store's upload is atomic by itself
     target.write_text(text, encoding="utf-8")
     return path
-  tmp = epath.Path(path + ".tmp")
-  tmp.write_text(text, encoding="utf-8")
-  tmp.rename(target)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
   return path
 
 
