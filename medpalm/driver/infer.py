@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Mapping
 
 import jax
@@ -29,7 +28,6 @@ from medpalm import features
 from medpalm.driver import checkpoints as ckpt_lib
 from medpalm.driver import data as data_lib
 from medpalm.driver import eval as eval_lib
-from medpalm.driver import summaries
 from medpalm.evaluation.runner import BatchRunner
 from medpalm.partitioning import Partitioner
 
@@ -84,30 +82,6 @@ def _file_examples(
   return examples
 
 
-class Progress:
-  """One line per `every` examples: examples done / total, rate and ETA (like training)."""
-
-  def __init__(self, name: str, total: int | None, every: int):
-    self.name, self.total, self.every = name, total, max(1, every)
-    self.done, self._next, self._start = 0, self.every, time.perf_counter()
-
-  def update(self, count: int) -> None:
-    self.done += count
-    if self.done < self._next and self.done != self.total:
-      return
-    self._next = self.done + self.every
-    elapsed = max(time.perf_counter() - self._start, 1e-9)
-    rate = self.done / elapsed
-    total = "?" if self.total is None else str(self.total)
-    eta = (self.total - self.done) / rate if self.total and rate > 0 else float("nan")
-    if jax.process_index() == 0:
-      print(
-          f"{self.name}: {self.done}/{total} examples | {rate:.1f} examples/s | "
-          f"ETA {summaries._duration(eta)}",
-          flush=True,
-      )
-
-
 def infer(
     *,
     model,
@@ -156,22 +130,17 @@ def infer(
 
     examples = _file_examples(inputs_file, dataset_cfg.mixture_or_task_name, lengths, converter)
     stem = os.path.splitext(os.path.basename(os.fspath(inputs_file).rstrip("/")))[0]
-    sources[stem] = (
-        tf.data.Dataset.from_tensor_slices(
-            {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        ).enumerate(),
-        len(examples),
-    )
+    sources[stem] = tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    ).enumerate()
   else:
     for task in seqio.get_subtasks(seqio.get_mixture_or_task(dataset_cfg.mixture_or_task_name)):
       ds = task.get_dataset(lengths, split=dataset_cfg.split, shuffle=False, num_epochs=1)
-      total = int(ds.cardinality()) if int(ds.cardinality()) >= 0 else None
-      sources[task.name] = (converter(ds, lengths).enumerate(), total)
+      sources[task.name] = converter(ds, lengths).enumerate()
   paths = []
-  for name, (ds, total) in sources.items():
+  for name, ds in sources.items():
     rows = []
-    progress = Progress(f"infer {name}", total, every=10 * dataset_cfg.batch_size)
-    for indices, batch, (decodes, scores) in runner.map(ds, params, step_fn):
+    for indices, batch, (decodes, scores) in runner.map(ds, params, step_fn, name=f"infer {name}"):
       for r, index in enumerate(indices):
         if index < 0:
           continue
@@ -186,7 +155,6 @@ def infer(
                 "score": float(scores[r]),
             }
         )
-      progress.update(int(np.sum(indices >= 0)))
     path = os.path.join(output_dir, f"{name}-{step}.jsonl")
     if jax.process_index() == 0:
       text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

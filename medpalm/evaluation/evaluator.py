@@ -54,7 +54,7 @@ def predict_fn(runner: BatchRunner, params, step) -> Callable:
 
   def predict(ds) -> list:
     out = []
-    for indices, _, decodes in runner.map(ds, params, step):
+    for indices, _, decodes in runner.map(ds, params, step, name="eval predict"):
       out += [(int(i), row.tolist()) for i, row in zip(indices, decodes) if i >= 0]
     return out
 
@@ -75,7 +75,7 @@ def score_fn(
     options = options_of(ds)
     prepare = (lambda b: rank_classification.option_batch(b, options)) if options else None
     out = []
-    for indices, _, scores in runner.map(ds, params, step, prepare=prepare):
+    for indices, _, scores in runner.map(ds, params, step, prepare=prepare, name="eval score"):
       scores = np.asarray(scores, np.float64)
       rows = scores.reshape(len(indices), -1) if options else scores
       out += [(int(i), row.tolist()) for i, row in zip(indices, rows) if i >= 0]
