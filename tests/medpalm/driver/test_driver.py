@@ -520,3 +520,15 @@ def test_an_import_leaving_a_tower_from_scratch_raises_and_the_report_lists_ever
   np.testing.assert_array_equal(
       np.asarray(params["vision"]["pos_embedding"]), source["vision"]["pos_embedding"]
   )
+
+
+def test_the_last_step_of_a_run_is_always_checkpointed(tmp_path):
+  """stop_after_steps=3 with a checkpoint period of 2: step 3 is saved all the same."""
+  model_dir = tmp_path / "m"
+  run_main(driver_setup.train_argv(str(model_dir), 10, ["train_script.train.stop_after_steps = 3"]))
+  steps = sorted(p.name for p in model_dir.iterdir() if p.name.startswith("checkpoint_"))
+  assert steps == ["checkpoint_2", "checkpoint_3"]
+  with pytest.raises(ValueError, match="stop_after_steps must be >= 1"):
+    run_main(
+        driver_setup.train_argv(str(model_dir), 10, ["train_script.train.stop_after_steps = 0"])
+    )
