@@ -35,6 +35,17 @@ def _same(a, b, keys) -> bool:
   return all(a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in keys)
 
 
+def _model_inputs(example) -> dict:
+  """What the model reads of an inference example: the prompt (the input tokens where the
+  prompt mask is 1; the rest holds the target, which a user line has not), the prompt mask,
+  the images and their mask."""
+  out = {k: example[k] for k in PROMPT}
+  out["decoder_input_tokens"] = (
+      example["decoder_input_tokens"] * example["decoder_causal_attention"]
+  )
+  return out
+
+
 def test_a_user_line_gives_the_task_examples_model_inputs(env, tmp_path):
   name = env.name("vqa_rad")
   want = _task_examples(name)
@@ -51,7 +62,7 @@ def test_a_user_line_gives_the_task_examples_model_inputs(env, tmp_path):
   # Every user line equals exactly one task example on every model input (tokens including the
   # leading 0 and the 1-shot exemplar, prompt mask, image, image mask), element for element.
   for example in got:
-    matches = [w for w in want if _same(example, w, PROMPT)]
+    matches = [w for w in want if _same(_model_inputs(example), _model_inputs(w), PROMPT)]
     assert len(matches) == 1
     tokens = example["decoder_input_tokens"][example["decoder_causal_attention"] > 0]
     assert tokens[0] == 0 and "Q:" in env.vocabulary.decode(tokens.tolist())
