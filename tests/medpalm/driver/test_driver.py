@@ -414,10 +414,12 @@ def test_eval_scoring_step_is_sharded_by_the_partitioner():
   lowered = evaluator._score.lower(init.abstract_params(), abstract_batch)
   (params_in, batch_in), _ = lowered.compile().input_shardings
   want = part.shardings(axes)
-  for (path, got), expected in zip(
-      jax.tree_util.tree_leaves_with_path(params_in), jax.tree.leaves(want)
+  for (path, got), expected, leaf in zip(
+      jax.tree_util.tree_leaves_with_path(params_in),
+      jax.tree.leaves(want),
+      jax.tree.leaves(init.abstract_params()),
   ):
-    assert got.is_equivalent_to(expected, 2), jax.tree_util.keystr(path)
+    assert got.is_equivalent_to(expected, leaf.ndim), jax.tree_util.keystr(path)
   data_spec = part.data_partition_spec
   for name, got in batch_in.items():
     assert got.spec[0] == data_spec[0], name

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 
+import fsspec
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -72,6 +73,8 @@ def test_sigkill_and_restart_on_gcs_reproduce_the_uninterrupted_local_run(gcs, t
 
   restart = launch(driver_setup.train_argv(killed_dir, steps), tmp_path / "restart.log")
   wait(restart, tmp_path / "restart.log", timeout=600)
+  # gcsfs caches directory listings per process: this one listed the run before the restart.
+  fsspec.filesystem("gs").invalidate_cache()
   log = open(tmp_path / "restart.log").read()
   assert f"resuming from {killed_dir}/checkpoint_{complete[-1]}" in log
 
