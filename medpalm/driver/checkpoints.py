@@ -264,10 +264,23 @@ class CheckpointManager:
       self._params_manager.close()
 
 
+def forget_listings(path: str) -> None:
+  """Drops this process's cached object-store listings, so that what other processes wrote
+  since (a checkpoint finished by a training job) is seen. epath's fsspec backend (gcsfs)
+  caches every listing for the life of the process; TensorFlow's file system does not cache."""
+  if "://" not in os.fspath(path):
+    return
+  from etils.epath import backend
+
+  if getattr(epath.Path(path), "_backend", None) is backend.fsspec_backend:
+    backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
+
+
 def find_checkpoint(path: str, mode: str = "latest") -> tuple[str, int]:
   """(model_dir, step) of a `checkpoint_<step>` directory or of a model dir's latest step
   (local or gs://)."""
   path = os.fspath(path).rstrip("/")
+  forget_listings(path)
   directory = epath.Path(path)
   match = re.fullmatch(rf"{STEP_PREFIX}_(\d+)", directory.name)
   if match:

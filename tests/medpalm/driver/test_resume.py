@@ -8,12 +8,12 @@ import socket
 import subprocess
 import time
 
-import fsspec
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from medpalm.driver import checkpoints
 from tests.support import driver as driver_setup
 from tests.medpalm.driver.test_driver import read_scalars, run_main
 
@@ -74,7 +74,7 @@ def test_sigkill_and_restart_on_gcs_reproduce_the_uninterrupted_local_run(gcs, t
   restart = launch(driver_setup.train_argv(killed_dir, steps), tmp_path / "restart.log")
   wait(restart, tmp_path / "restart.log", timeout=600)
   # gcsfs caches directory listings per process: this one listed the run before the restart.
-  fsspec.filesystem("gs").invalidate_cache()
+  checkpoints.forget_listings(killed_dir)
   log = open(tmp_path / "restart.log").read()
   assert f"resuming from {killed_dir}/checkpoint_{complete[-1]}" in log
 
