@@ -436,7 +436,8 @@ def _bad_placeholder_task():
 
   def dataset_fn(split, shuffle_files, seed=None):
     records = driver_setup._records(64 if split == "train" else 16, 0)
-    records["inputs"] = records["inputs"][:, 1:]  # 3 placeholders, 1 valid image of 4 tokens
+    # [5, 6, img x4, 7] -> [5, 6, img x3, 7]: 3 placeholders for 1 valid image of 4 tokens
+    records["inputs"] = np.delete(records["inputs"], 2, axis=1)
     return tf.data.Dataset.from_tensor_slices(records)
 
   task = seqio.get_mixture_or_task(driver_setup.TASK)
