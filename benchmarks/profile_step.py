@@ -20,7 +20,12 @@ import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Runnable as `python benchmarks/<name>.py` and as `python -m benchmarks.<name>`: the shared
+# `common` module and the repository on the import path.
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 
 import jax  # noqa: E402
 import optax  # noqa: E402

@@ -13,12 +13,18 @@ Each line times two ways of computing the same value and gradient, in this proce
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Runnable as `python benchmarks/<name>.py` and as `python -m benchmarks.<name>`: the shared
+# `common` module and the repository on the import path.
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -62,7 +68,12 @@ def compare(label: str, slow, fast, *args) -> None:
   )
 
 
-def main():
+def main(argv=None):
+  argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__,
+  ).parse_args(argv)
   retain_freed_memory()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((4, 512, 512)), jnp.float32)

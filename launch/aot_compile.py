@@ -28,11 +28,16 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import time
 import types
 from typing import Any, Callable
+
+# Runnable as `python launch/aot_compile.py` and as `python -m launch.aot_compile`: the
+# repository on the import path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp

@@ -182,7 +182,10 @@ def tpu_devices(topology: Topology) -> list:
   return devices
 
 
-def main() -> None:
+def main(argv=None) -> None:
+  import argparse
+
+  argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
   print(f"{'slice':<10} {'topology_name':<14} {'chips':>5} {'HBM/chip':>9} {'bf16 TF/chip':>12}")
   for t in TOPOLOGIES.values():
     print(

@@ -13,7 +13,7 @@ TensorFlow; `medpalm.model` reaches it only when the converter is asked for.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import seqio
@@ -57,21 +57,36 @@ class MultimodalDecoderFeatureConverter(seqio.DecoderFeatureConverter):
 
 @dataclasses.dataclass(frozen=True)
 class TaskInfo:
-  """What medpalm's evaluation reads of a task beyond SeqIO's registry.
+  """What medpalm's evaluation and inference read of a task beyond SeqIO's registry.
 
   result_name: the name results are reported under (e.g. `multimedbench_<task>` whatever prefix
     the task was registered with), so a test registration and the paper's tables line up.
+  render_user_record: for tasks that accept user inputs (`--run_mode=infer` with a JSONL
+    file), `fn(record, task_feature_lengths, feature_converter) -> {model feature: numpy}`: one
+    user record (the reader's field names, e.g. {"question": ..., "image": [absolute paths]})
+    rendered through the task's own prompt preprocessors and then `feature_converter` (the
+    model's `FEATURE_CONVERTER_CLS(pack=False)`), so it is prompted exactly as training
+    examples are. Raises ValueError naming a missing or bad field.
   """
 
   result_name: str
+  render_user_record: Callable[..., dict] | None = None
 
 
 _TASK_INFO: dict[str, TaskInfo] = {}
 
 
-def register_task_info(task_name: str, *, result_name: str | None = None) -> None:
+def register_task_info(
+    task_name: str,
+    *,
+    result_name: str | None = None,
+    render_user_record: Callable[..., dict] | None = None,
+) -> None:
   """Called by the module that registers the SeqIO task (`tasks`), beside the registration."""
-  _TASK_INFO[task_name] = TaskInfo(result_name or task_name)
+  _TASK_INFO[task_name] = TaskInfo(
+      result_name or task_name,
+      render_user_record,
+  )
 
 
 def task_info(task_name: str) -> TaskInfo:

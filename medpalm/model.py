@@ -91,6 +91,8 @@ class MedPalmMModel:
   input_vocabulary = property(lambda self: self._vocabulary)
   output_vocabulary = property(lambda self: self._vocabulary)
   decode_fn = property(lambda self: self._decode_fn)
+  # What the train step needs to normalize the loss over a whole batch split in microbatches.
+  loss_normalizing_factor = property(lambda self: self._loss_normalizing_factor)
 
   @property
   def config(self):

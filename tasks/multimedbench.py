@@ -158,15 +158,47 @@ def data_config(
   }
 
 
+# The split evaluated during training (loss and inference metrics every EVAL_PERIOD steps).
+# Every task has one: the dataset's official validation split where it has one, otherwise a
+# fixed held-out slice of its training split (then left out of "train"): HOLDOUT_FRACTION of the
+# training images (or records, for text tasks), at least HOLDOUT_MIN and at most a quarter, chosen by
+# a hash of the task and the image key / record id, so the slice never changes and never shares
+# an image with training.
+TRAIN_EVAL = "train_eval"
+HOLDOUT_FRACTION = 0.02
+HOLDOUT_MIN = 64
+
+
 # Two-view studies are prepared (both images stacked) only for evaluation; the training split
 # serves the text-only exemplar.
 EVAL_SPLITS = {"mimic_cxr_report_two_view": ("validation", "test")}
 
 
-def split_names(task: str) -> tuple[str, ...]:
+def reader_splits(task: str) -> tuple[str, ...]:
   if task in EVAL_SPLITS:
     return EVAL_SPLITS[task]
   return tuple(readers.get_module(readers.ALL_TASK_READERS[task][0]).SPLITS)
+
+
+def split_names(task: str) -> tuple[str, ...]:
+  """The reader's splits, plus the train-eval split where the task trains or has a validation
+  split (evaluation-only tasks have none)."""
+  splits = reader_splits(task)
+  return (*splits, TRAIN_EVAL) if {"train", "validation"} & set(splits) else splits
+
+
+def train_eval_source(task: str) -> str:
+  """Where a task's train-eval split comes from: "validation" or "train" (a held-out slice)."""
+  return "validation" if "validation" in reader_splits(task) else "train"
+
+
+def holdout(task: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
+  """(training records, held-out records) of a split without an official validation split."""
+  group = lambda r: str(r.get("image_key") or r["id"])
+  keys = sorted({group(r) for r in records}, key=lambda k: prompts._hash64(task, "holdout", k))
+  count = min(max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * len(keys))), len(keys) // 4)
+  held = set(keys[:count])
+  return [r for r in records if group(r) not in held], [r for r in records if group(r) in held]
 
 
 # Classification tasks whose metrics include macro-AUC: their score-based metrics
@@ -297,7 +329,18 @@ def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, pathlib.Path | Non
 
 
 def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path | None, dict]:
-  """Records of one split (+ the prepared split directory and manifest for image tasks)."""
+  """Records of one split (+ the prepared split directory and manifest for image tasks); the
+  train-eval split and, where it is held out of training, the train split (see TRAIN_EVAL)."""
+  if split in (TRAIN_EVAL, "train") and train_eval_source(cfg.task) == "train":
+    records, out, manifest = _read_reader_split(cfg, "train")
+    kept, held = holdout(cfg.task, records)
+    return (held if split == TRAIN_EVAL else kept), out, manifest
+  if split == TRAIN_EVAL:
+    split = "validation"
+  return _read_reader_split(cfg, split)
+
+
+def _read_reader_split(cfg: TaskConfig, split: str):
   ddir, proot = _locations(cfg)
   if cfg.task not in IMAGE_TASKS:
     conf = data_config()
@@ -669,31 +712,119 @@ def proportional_interleave(datasets, rates, seed=None):
 # Registration
 
 
+def _prompt_preprocessor(cfg: TaskConfig, exemplar_texts):
+  """The task's prompt preprocessor over its exemplar table (`exemplar_texts`)."""
+  template = cfg.template
+  return preprocessors.make_prompt_preprocessor(
+      instruction=template.instruction + "\n" if template.instruction else "",
+      exemplar_texts=exemplar_texts,
+      query_roles=template.query_roles,
+      num_shots=template.num_shots,
+      num_image_tokens=cfg.num_image_tokens,
+  )
+
+
+_NO_EXEMPLARS_WARNED: set[str] = set()
+
+
+def render_user_record(
+    cfg: TaskConfig, vocabulary, record, task_feature_lengths, feature_converter
+) -> dict:
+  """One user record -> model features (numpy), through this task's prompt code.
+
+  The record has the reader's field names (VQA: "question"), "image": a list of image paths
+  (decoded with tasks.images.load_image at the task's size), and optionally "id" (picks the
+  exemplars as for a dataset record of that id) and "answer". Exemplars come from the task's
+  training split when its data is there; without it the prompt has no exemplars, which is
+  logged at WARNING (once per task), since the model then sees a prompt unlike training's.
+  """
+  import logging
+
+  template = cfg.template
+  record = dict(record)
+  paths = record.pop("image", [])
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  if template.has_image and not paths:
+    raise ValueError(f"{cfg.name}: field 'image' (one or more image paths) is missing")
+  if not template.has_image and paths:
+    raise ValueError(f"{cfg.name} is a text task: a user record for it has no 'image'")
+  record.setdefault("id", "user:" + json.dumps(record, sort_keys=True) + "|" + "|".join(paths))
+  record["id"] = str(record["id"])
+  if paths:  # what readers record, and what keeps an image's own records out of its exemplars
+    record.setdefault("image_path", paths[0])
+  try:
+    pool, texts = _exemplar_pool(cfg)
+  except (readers.MissingDatasetError, _prepare().NotPreparedError, FileNotFoundError) as e:
+    pool, texts = (), ()
+    if template.num_shots and cfg.name not in _NO_EXEMPLARS_WARNED:
+      _NO_EXEMPLARS_WARNED.add(cfg.name)
+      logging.getLogger("medpalm").warning(
+          "%s: no training data for its %d-shot exemplars (%s); user records are prompted "
+          "without exemplars",
+          cfg.name,
+          template.num_shots,
+          str(e).splitlines()[0],
+      )
+  try:
+    query = template.query(record)
+  except KeyError as e:
+    raise ValueError(f"{cfg.name}: field {e.args[0]!r} missing") from None
+  picks = prompts.choose_exemplars(record, pool, template.num_shots, salt=cfg.task)
+  k = template.num_shots
+  answer = record.get(template.answer_field)
+  num_images = max(1, int(task_feature_lengths.get("images", 1)))
+  if len(paths) > num_images:
+    raise ValueError(
+        f"{cfg.name}: {len(paths)} images, but task_feature_lengths['images'] is {num_images}"
+    )
+  images = np.zeros((num_images, cfg.image_size, cfg.image_size, 3), np.uint8)
+  for i, path in enumerate(paths):
+    images[i] = image_lib.load_image(path, size=cfg.image_size)
+  mask = np.arange(num_images) < len(paths)
+  columns = {
+      "id": tf.constant([record["id"]]),
+      "query": tf.constant([[seg.text for seg in query]]),
+      "exemplars": tf.constant(
+          np.asarray([picks + [-1] * (k - len(picks))], np.int32).reshape(1, k)
+      ),
+      "targets": tf.constant([template.target(record) if answer else ""]),
+      "images": tf.constant(images[None]),
+      "image_mask": tf.constant(mask[None]),
+  }
+  output_features = feats.output_features(vocabulary)
+  ds = tf.data.Dataset.from_tensor_slices(columns)
+  ds = _prompt_preprocessor(cfg, texts)(
+      ds, sequence_length=dict(task_feature_lengths), output_features=output_features
+  )
+  ds = seqio.preprocessors.append_eos_after_trim(
+      ds, output_features=output_features, sequence_length=dict(task_feature_lengths)
+  )
+  ds = feature_converter(ds, dict(task_feature_lengths))
+  (example,) = list(ds.as_numpy_iterator())
+  return example
+
+
 def register(
     cfg: TaskConfig, vocabulary: seqio.Vocabulary, shuffle_buffer_size: int = SHUFFLE_BUFFER
 ) -> seqio.Task:
   """Registers one task (replacing a previous registration of the same name)."""
-  template = cfg.template
 
   def prompt_preprocessor(ds, sequence_length=None, output_features=None):
     # Builds the prompt tokens; the exemplar table is read when the dataset is built.
     _, texts = _exemplar_pool(cfg)
-    prep = preprocessors.make_prompt_preprocessor(
-        instruction=template.instruction + "\n" if template.instruction else "",
-        exemplar_texts=texts,
-        query_roles=template.query_roles,
-        num_shots=template.num_shots,
-        num_image_tokens=cfg.num_image_tokens,
-    )
-    return _carry_target_fields(prep)(
+    return _carry_target_fields(_prompt_preprocessor(cfg, texts))(
         ds, sequence_length=sequence_length, output_features=output_features
     )
 
   seqio.TaskRegistry.remove(cfg.name)
   _REGISTERED[cfg.name] = cfg
-  medpalm_features.register_task_info(cfg.name, result_name=canonical_name(cfg.task))
   options = rank_options(cfg.name)
   rank = [rank_classification(tuple(options))] if options else []
+  medpalm_features.register_task_info(
+      cfg.name,
+      result_name=canonical_name(cfg.task),
+      render_user_record=functools.partial(render_user_record, cfg, vocabulary),
+  )
   return seqio.TaskRegistry.add(
       cfg.name,
       source=seqio.FunctionDataSource(

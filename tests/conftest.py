@@ -21,3 +21,15 @@ def tasks_env(tmp_path_factory):
   from tests.support import tasks_env as env_lib  # pylint: disable=g-import-not-at-top
 
   return env_lib.build(tmp_path_factory)
+
+
+@pytest.fixture
+def gcs(tmp_path_factory, monkeypatch):
+  """A local GCS server with bucket `bucket`; this process and its children are pointed at it
+  (gs://bucket/... through etils.epath, orbax and tensorstore). Stopped at the end."""
+  from tests.support.gcs import fake_gcs
+
+  with fake_gcs(tmp_path_factory.mktemp("gcs")) as env:
+    for name, value in env.items():
+      monkeypatch.setenv(name, value)
+    yield env

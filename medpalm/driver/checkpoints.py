@@ -13,14 +13,29 @@ every parameter of the new model is looked up in the imported tree after rewriti
 `assignment_map` — a list of `(regex, replacement)`; the first regex that fully matches a path
 wins, a `None` replacement means "initialize from scratch"; unmatched paths keep their own name.
 A parameter the source lacks is an error unless `fallback_to_scratch=True` (e.g. a new projector).
+What happened to every parameter (imported from where, from scratch, source parameters unused)
+is logged at WARNING per tower and written to `<report dir>/import_report.json`; a whole tower
+(`vision`, `projector`, `decoder`) from scratch is an error unless `allow_scratch_towers` names
+it, because a wrong `assignment_map` with `fallback_to_scratch` would otherwise train that tower
+from random weights without a trace.
+
+Every path goes through `etils.epath`, so `gs://` model directories behave as local ones: the
+input iterator (a TensorFlow checkpoint, whose own file API cannot be pointed at another object
+store endpoint) is written to a local temporary directory and its files moved with epath.
+
+Eval and infer restore the parameters only (`CheckpointManager.restore_params`: orbax partial
+restore, each array read straight into its target sharding and dtype): optimizer state (Adafactor
+statistics, momentum) is never read, so a slice that holds the parameters can evaluate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
+import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -29,6 +44,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 STEP_PREFIX = "checkpoint"
+TOWERS = ("vision", "projector", "decoder")
+IMPORT_REPORT = "import_report.json"
+logger = logging.getLogger("medpalm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +69,7 @@ class RestoreCheckpointConfig:
   importer: `path -> (config, params, report)` (see `medpalm.convert`).
   assignment_map: [(regex, replacement or None)] from our parameter paths to the source's.
   fallback_to_scratch: parameters missing from the source are initialized from scratch.
+  allow_scratch_towers: towers (among TOWERS) that may come entirely from scratch in an import.
   restore_dataset: also restore the input position (only from a medpalm checkpoint).
   """
 
@@ -59,6 +78,7 @@ class RestoreCheckpointConfig:
   importer: Callable | None = None
   assignment_map: Sequence[tuple[str, str | None]] = ()
   fallback_to_scratch: bool = False
+  allow_scratch_towers: Sequence[str] = ()
   restore_dataset: bool = False
 
   def __post_init__(self):
@@ -76,16 +96,31 @@ class CheckpointConfig:
 
 
 class DatasetHandler(ocp.CheckpointHandler):
-  """Saves / restores each process's `data.BatchIterator` under `process_<index>/`."""
+  """Saves / restores each process's `data.BatchIterator` under `process_<index>/`.
 
-  def _prefix(self, directory) -> str:
-    return os.path.join(os.fspath(directory), f"process_{jax.process_index()}", "iterator")
+  The iterator is a TensorFlow checkpoint; it is written to a local temporary directory and its
+  files copied with epath (and back), so the same code serves local disks and object stores.
+  """
+
+  def _dir(self, directory) -> epath.Path:
+    return epath.Path(directory) / f"process_{jax.process_index()}"
 
   def save(self, directory: epath.Path, args: "DatasetArgs"):
-    args.iterator.save(self._prefix(directory))
+    out = self._dir(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+      args.iterator.save(os.path.join(tmp, "iterator"))
+      for name in sorted(os.listdir(tmp)):
+        with open(os.path.join(tmp, name), "rb") as f:
+          (out / name).write_bytes(f.read())
 
   def restore(self, directory: epath.Path, args: "DatasetArgs"):
-    args.iterator.restore(self._prefix(directory))
+    src = self._dir(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+      for item in src.iterdir():
+        with open(os.path.join(tmp, item.name), "wb") as f:
+          f.write(item.read_bytes())
+      args.iterator.restore(os.path.join(tmp, "iterator"))
     return args.iterator
 
 
@@ -98,24 +133,38 @@ class DatasetArgs(ocp.args.CheckpointArgs):
 # --- the manager --------------------------------------------------------------------------------
 
 
-def ensure_writable(model_dir: str) -> str:
-  """Creates `model_dir`; raises ValueError naming it when it cannot be created or written."""
+def ensure_writable(path: str, what: str = "directory") -> str:
+  """Creates the directory `path` (local or gs://); raises ValueError naming it when it cannot
+  be created or written."""
+  directory = epath.Path(path)
   try:
-    os.makedirs(model_dir, exist_ok=True)
-    probe = os.path.join(model_dir, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write_probe_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
   except OSError as e:
-    raise ValueError(f"MODEL_DIR {model_dir!r} is not a writable directory: {e}") from None
-  return model_dir
+    raise ValueError(f"{what} {path!r} is not a writable directory: {e}") from None
+  return path
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes a small text file (local or gs://); locally through a rename, so readers never see
+  half a file (an object store's upload is atomic by itself)."""
+  target = epath.Path(path)
+  if "://" in os.fspath(path):
+    target.write_text(text)
+    return
+  tmp = os.fspath(path) + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, os.fspath(path))
 
 
 class CheckpointManager:
   """Keeps `checkpoint_<step>` directories of one run.
 
   Args:
-    model_dir: the run's directory.
+    model_dir: the run's directory (local or gs://).
     save_cfg: when to save, how many to keep, async or not (None: never saves).
     read_only: for eval / infer (never cleans or writes).
   """
@@ -123,6 +172,7 @@ class CheckpointManager:
   def __init__(
       self, model_dir: str, save_cfg: SaveCheckpointConfig | None = None, read_only: bool = False
   ):
+    self._model_dir = model_dir
     save_cfg = save_cfg or SaveCheckpointConfig()
     if save_cfg.period < 1:
       raise ValueError(f"SaveCheckpointConfig.period must be >= 1, got {save_cfg.period}")
@@ -141,10 +191,11 @@ class CheckpointManager:
         item_names=("state", "dataset"),
         item_handlers={"state": ocp.StandardCheckpointHandler(), "dataset": DatasetHandler()},
     )
+    self._params_manager = None
 
   @property
   def directory(self) -> str:
-    return os.fspath(self._manager.directory)
+    return self._model_dir
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -153,7 +204,7 @@ class CheckpointManager:
     return self._manager.latest_step()
 
   def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, f"{STEP_PREFIX}_{step}")
+    return os.fspath(epath.Path(self._model_dir) / f"{STEP_PREFIX}_{step}")
 
   def save(self, step: int, state, iterator=None) -> bool:
     """Saves `state` (and the iterator's position) as `checkpoint_<step>`; returns True if
@@ -167,7 +218,7 @@ class CheckpointManager:
     """The TrainState at `step`, each leaf in the sharding of `abstract_state`'s leaves."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if iterator is not None:
-      if not os.path.isdir(os.path.join(self.step_dir(step), "dataset")):
+      if not (epath.Path(self.step_dir(step)) / "dataset").exists():
         raise ValueError(
             f"{self.step_dir(step)} has no input position (saved with "
             "save_dataset=False); cannot resume the data exactly"
@@ -175,24 +226,70 @@ class CheckpointManager:
       items["dataset"] = DatasetArgs(iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**items)).state
 
+  def restore_params(self, step: int, abstract_params, dtype=None):
+    """The parameters at `step` only (optimizer state is never read), each array read straight
+    into the sharding of its `abstract_params` leaf (ShapeDtypeStructs with shardings) and cast
+    to `dtype` (e.g. bfloat16 for inference; None: the leaf's dtype)."""
+    if dtype is not None:
+      abstract_params = jax.tree.map(
+          lambda s: jax.ShapeDtypeStruct(s.shape, dtype, sharding=s.sharding), abstract_params
+      )
+    if self._params_manager is None:
+      # The state was saved by StandardCheckpointHandler, whose files PyTreeCheckpointHandler
+      # reads; only the latter restores a sub-tree (partial_restore).
+      self._params_manager = ocp.CheckpointManager(
+          epath.Path(self._model_dir),
+          options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True),
+          item_names=("state",),
+          item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+      )
+    restore_args = jax.tree.map(
+        lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype),
+        abstract_params,
+    )
+    args = ocp.args.PyTreeRestore(
+        item={"params": abstract_params},
+        restore_args={"params": restore_args},
+        partial_restore=True,
+    )
+    restored = self._params_manager.restore(step, args=ocp.args.Composite(state=args))
+    return restored.state["params"]
+
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+    if self._params_manager is not None:
+      self._params_manager.close()
+
+
+def forget_listings(path: str) -> None:
+  """Drops this process's cached object-store listings, so that what other processes wrote
+  since (a checkpoint finished by a training job) is seen. epath's fsspec backend (gcsfs)
+  caches every listing for the life of the process; TensorFlow's file system does not cache."""
+  if "://" not in os.fspath(path):
+    return
+  from etils.epath import backend
+
+  if getattr(epath.Path(path), "_backend", None) is backend.fsspec_backend:
+    backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
 
 
 def find_checkpoint(path: str, mode: str = "latest") -> tuple[str, int]:
-  """(model_dir, step) of a `checkpoint_<step>` directory or of a model dir's latest step."""
-  path = os.path.normpath(path)
-  match = re.fullmatch(rf"{STEP_PREFIX}_(\d+)", os.path.basename(path))
+  """(model_dir, step) of a `checkpoint_<step>` directory or of a model dir's latest step
+  (local or gs://)."""
+  path = os.fspath(path).rstrip("/")
+  forget_listings(path)
+  directory = epath.Path(path)
+  match = re.fullmatch(rf"{STEP_PREFIX}_(\d+)", directory.name)
   if match:
-    if not os.path.isdir(path):
+    if not directory.exists():
       raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    return os.path.dirname(path), int(match.group(1))
+    return path[: -len(directory.name)].rstrip("/"), int(match.group(1))
   if mode == "specific":
     raise ValueError(f"mode 'specific' needs a {STEP_PREFIX}_<step> directory, got {path}")
-  if not os.path.isdir(path):
+  if not directory.exists():
     raise FileNotFoundError(f"model directory {path} does not exist")
   step = CheckpointManager(path, read_only=True).latest_step()
   if step is None:
@@ -231,13 +328,14 @@ def assign_params(
   """Fills `target` (a params tree: arrays or shape structs) from `source` (nested dicts).
 
   Returns (params, report) where params take the source's values where assigned and `target`'s
-  (the scratch init) elsewhere, and report lists "imported", "scratch" and "unused" paths.
+  (the scratch init) elsewhere, and report lists "imported", "scratch" and "unused" paths and
+  maps each imported path to its source path ("sources").
   Raises ValueError naming the parameter on a shape mismatch, or on a missing source parameter
   without `fallback_to_scratch`.
   """
   rules = [(re.compile(pattern), repl) for pattern, repl in assignment_map]
   src, tgt = _flatten(source), _flatten(target)
-  out, report = {}, {"imported": [], "scratch": [], "unused": []}
+  out, report, sources = {}, {"imported": [], "scratch": [], "unused": []}, {}
   used = set()
   for path, value in tgt.items():
     source_path = path
@@ -255,6 +353,7 @@ def assign_params(
       out[path] = np.asarray(src[source_path]).astype(value.dtype)
       used.add(source_path)
       report["imported"].append(path)
+      sources[path] = source_path
     elif source_path is None or fallback_to_scratch:
       out[path] = value
       report["scratch"].append(path)
@@ -265,26 +364,81 @@ def assign_params(
           "fallback_to_scratch=True"
       )
   report["unused"] = sorted(set(src) - used)
+  report["sources"] = sources
   return _unflatten(out), report
 
 
-def import_into(state, restore_cfg: RestoreCheckpointConfig, param_shardings):
+def import_report(report: dict[str, list], assignments: dict[str, str], source: str) -> dict:
+  """The JSON import report: per tower what was loaded and what started from scratch, the
+  source parameters left unused, and every model parameter's fate."""
+  towers = {}
+  for kind in ("imported", "scratch"):
+    for path in report[kind]:
+      tower = towers.setdefault(path.split("/")[0], {"loaded": [], "scratch": []})
+      tower["loaded" if kind == "imported" else "scratch"].append(path)
+  fates = {p: f"imported from {assignments[p]}" for p in report["imported"]}
+  fates.update({p: "initialized from scratch" for p in report["scratch"]})
+  return {
+      "source": source,
+      "towers": towers,
+      "unused_in_source": list(report["unused"]),
+      "parameters": dict(sorted(fates.items())),
+  }
+
+
+def check_towers(report: dict, allow_scratch_towers: Sequence[str] = ()) -> None:
+  """Raises ValueError naming each tower that an import left entirely from scratch."""
+  unknown = sorted(set(allow_scratch_towers) - set(TOWERS))
+  if unknown:
+    raise ValueError(f"allow_scratch_towers: unknown tower(s) {unknown}; choose from {TOWERS}")
+  whole = [
+      name
+      for name, tower in report["towers"].items()
+      if not tower["loaded"] and name not in allow_scratch_towers
+  ]
+  if whole:
+    raise ValueError(
+        f"importing {report['source']} left the whole {', '.join(whole)} tower(s) initialized "
+        f"from scratch: check RestoreCheckpointConfig.assignment_map (the source's unused "
+        f"parameters begin {report['unused_in_source'][:5]}), or name the tower(s) in "
+        f"RestoreCheckpointConfig.allow_scratch_towers if that is intended"
+    )
+
+
+def import_into(state, restore_cfg: RestoreCheckpointConfig, param_shardings, report_dir=None):
   """`state` with params replaced by the imported open checkpoint (optimizer state unchanged:
-  Adafactor's initial state does not depend on parameter values)."""
+  Adafactor's initial state does not depend on parameter values). `state` may be the params
+  alone (eval / infer). Writes `<report_dir>/import_report.json` (process 0)."""
   _, source, _ = restore_cfg.importer(restore_cfg.path)
-  params, report = assign_params(
-      source, state.params, restore_cfg.assignment_map, restore_cfg.fallback_to_scratch
+  params_only = not hasattr(state, "params")
+  target = state if params_only else state.params
+  params, fate = assign_params(
+      source, target, restore_cfg.assignment_map, restore_cfg.fallback_to_scratch
   )
-  logging.info(
-      "imported %d parameters from %s; %d from scratch: %s; %d unused in the source",
-      len(report["imported"]),
+  report = import_report(fate, fate.get("sources", {}), os.fspath(restore_cfg.path))
+  for name, tower in sorted(report["towers"].items()):
+    logger.warning(
+        "import %s: tower %s: %d parameters loaded, %d initialized from scratch%s",
+        restore_cfg.path,
+        name,
+        len(tower["loaded"]),
+        len(tower["scratch"]),
+        f" ({tower['scratch'][:8]})" if tower["scratch"] else "",
+    )
+  logger.warning(
+      "import %s: %d source parameters unused%s",
       restore_cfg.path,
-      len(report["scratch"]),
-      report["scratch"],
-      len(report["unused"]),
+      len(report["unused_in_source"]),
+      f" ({report['unused_in_source'][:8]})" if report["unused_in_source"] else "",
   )
+  if report_dir is not None and jax.process_index() == 0:
+    ensure_writable(report_dir)
+    write_text(os.fspath(epath.Path(report_dir) / IMPORT_REPORT), json.dumps(report, indent=1))
+  check_towers(report, restore_cfg.allow_scratch_towers)
   place = lambda x, s: (
       jax.make_array_from_callback(x.shape, s, lambda i: x[i]) if isinstance(x, np.ndarray) else x
   )
   params = jax.tree.map(place, params, param_shardings)
+  if params_only:
+    return params, report
   return state.replace(params=params), report

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -56,10 +56,13 @@ def get_dataset(
     num_shards: int,
     feature_converter_cls,
     num_epochs: int | None = None,
+    pad_remainder: bool = False,
 ) -> tf.data.Dataset:
   """This host's batches: dict of arrays with leading dim `cfg.batch_size // num_shards`.
 
-  `num_epochs=None` repeats forever (training); the last partial batch is dropped.
+  `num_epochs=None` repeats forever (training). The last partial batch is dropped, or with
+  `pad_remainder` filled up with all-zero rows (no loss weight, no valid image, no placeholder),
+  so that a split smaller than a batch (a small train_eval split) is still evaluated.
   """
   if cfg.module:
     importlib.import_module(cfg.module)
@@ -88,7 +91,11 @@ def get_dataset(
       seed=cfg.seed,
       verbose=False,
   )
-  ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=True).prefetch(2)
+  rows = cfg.batch_size // num_shards
+  if pad_remainder:
+    ds = ds.batch(rows, drop_remainder=False).map(lambda b: _pad_rows(b, rows)).prefetch(2)
+  else:
+    ds = ds.batch(rows, drop_remainder=True).prefetch(2)
   if cfg.input_threads is None:
     return ds
   if cfg.input_threads < 1:
@@ -100,10 +107,43 @@ def get_dataset(
   return ds.with_options(options)
 
 
+def _pad_rows(batch: dict, rows: int) -> dict:
+  """Each feature [n, ...] zero-padded to [rows, ...] (n <= rows)."""
+  out = {}
+  for name, value in batch.items():
+    missing = rows - tf.shape(value)[0]
+    padded = tf.pad(value, [[0, missing]] + [[0, 0]] * (value.shape.rank - 1))
+    out[name] = tf.ensure_shape(padded, [rows, *value.shape[1:]])
+  return out
+
+
 def input_shapes_and_types(ds: tf.data.Dataset, global_batch_size: int):
   """Global feature shapes / numpy dtypes from a batched dataset's element_spec."""
   shapes = {k: (global_batch_size, *v.shape[1:]) for k, v in ds.element_spec.items()}
   types = {k: np.dtype(v.dtype.as_numpy_dtype) for k, v in ds.element_spec.items()}
+  return shapes, types
+
+
+def model_input_shapes(model, task_feature_lengths: Mapping[str, int], global_batch_size: int):
+  """Global model-feature shapes and numpy dtypes from the feature lengths and the model config
+  (no dataset needed: eval and infer build their parameters before reading any example).
+
+  Tokens: int32[B, inputs + targets]; images: uint8[B, N, S, S, 3] with N the `images` length
+  (default 1) and S the config's image size; image_mask: bool[B, N].
+  """
+  length = int(task_feature_lengths["inputs"]) + int(task_feature_lengths["targets"])
+  num_images = int(task_feature_lengths.get("images", 1))
+  size = model.config.vision.image_size
+  shapes, types = {}, {}
+  for name in (
+      "decoder_input_tokens",
+      "decoder_target_tokens",
+      "decoder_causal_attention",
+      "decoder_loss_weights",
+  ):
+    shapes[name], types[name] = (global_batch_size, length), np.dtype(np.int32)
+  shapes["images"], types["images"] = (global_batch_size, num_images, size, size, 3), np.uint8
+  shapes["image_mask"], types["image_mask"] = (global_batch_size, num_images), np.dtype(bool)
   return shapes, types
 
 
@@ -113,11 +153,15 @@ class BatchIterator:
   Args:
     ds: this host's batched dataset.
     partitioner: turns host rows into global arrays.
+    validate: `validate(host_batch)` on every host batch before it goes to the devices (the
+      model's `validate_batch`: placeholder counts, image dtype and shape), because a compiled
+      step can check shapes only — a wrong placeholder count would silently reuse an image.
   """
 
-  def __init__(self, ds: tf.data.Dataset, partitioner):
+  def __init__(self, ds: tf.data.Dataset, partitioner, validate: Callable | None = None):
     self._iterator = iter(ds)
     self._partitioner = partitioner
+    self._validate = validate
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
 
   def __iter__(self):
@@ -125,6 +169,8 @@ class BatchIterator:
 
   def __next__(self) -> dict:
     host = {k: v.numpy() for k, v in next(self._iterator).items()}
+    if self._validate is not None:
+      self._validate(host)
     return self._partitioner.host_local_to_global(host)
 
   def save(self, prefix: str) -> None:

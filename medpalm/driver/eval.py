@@ -40,7 +40,7 @@ def make_evaluator(
   """The evaluation library's `Evaluator` for the tasks of a driver `DatasetConfig`."""
   if cfg.module:
     __import__(cfg.module)
-  return Evaluator(
+  evaluator = Evaluator(
       model,
       cfg.mixture_or_task_name,
       split=cfg.split,
@@ -55,6 +55,20 @@ def make_evaluator(
       use_cached=cfg.use_cached,
       evaluator_cls=evaluator_cls,
   )
+  missing = [
+      t.name
+      for t in seqio.get_subtasks(seqio.get_mixture_or_task(cfg.mixture_or_task_name))
+      if t.name not in {e.name for e in evaluator.eval_tasks}
+  ]
+  if missing:
+    # seqio leaves out a task without the split (or without metrics) with only a log line: a
+    # silently shorter evaluation reads as a complete one.
+    raise ValueError(
+        f"evaluating {cfg.mixture_or_task_name!r} on split {cfg.split!r}: task(s) {missing} have "
+        f"no such split or no metrics; choose a split every task has (e.g. each task's "
+        f"train-eval split) or evaluate the tasks that have it"
+    )
+  return evaluator
 
 
 def restore_params(
@@ -63,30 +77,37 @@ def restore_params(
     partitioner: Partitioner,
     dataset_cfg: data_lib.DatasetConfig,
     random_seed: int = 0,
+    dtype=None,
+    report_dir: str | None = None,
 ):
   """(params, step, params mesh axes) from a medpalm checkpoint or an imported open one.
 
-  `restore_cfg.path` is a `checkpoint_<step>` directory or a model dir (its latest step); with
-  `restore_cfg.importer` it is an open checkpoint (step 0).
+  Only the parameters are read (never the optimizer state), straight into their shardings and
+  cast to `dtype` when given; their shapes come from the model config and the feature lengths,
+  so no dataset is read. `restore_cfg.path` is a `checkpoint_<step>` directory or a model dir
+  (its latest step), local or gs://; with `restore_cfg.importer` it is an open checkpoint
+  (step 0; the import report goes to `report_dir`).
   """
   if restore_cfg is None or not restore_cfg.path:
     raise ValueError("evaluation needs RestoreCheckpointConfig.path (gin CHECKPOINT_PATH)")
-  layout = partitioner.get_data_layout(dataset_cfg.batch_size)
-  ds = data_lib.get_dataset(
-      dataset_cfg, layout.shard_id, layout.num_shards, model.FEATURE_CONVERTER_CLS, num_epochs=1
+  shapes, types = data_lib.model_input_shapes(
+      model, dataset_cfg.task_feature_lengths, dataset_cfg.batch_size
   )
-  shapes, types = data_lib.input_shapes_and_types(ds, dataset_cfg.batch_size)
   init = trainer.TrainStateInitializer(model, shapes, types, partitioner)
+  axes = init.train_state_axes.params
   if restore_cfg.importer is not None:
-    state = init.from_scratch(jax.random.PRNGKey(random_seed))
-    shardings = partitioner.shardings(init.train_state_axes.params)
-    state, _ = checkpoints.import_into(state, restore_cfg, shardings)
-    return state.params, 0, init.train_state_axes.params
+    params = init.params_from_scratch(jax.random.PRNGKey(random_seed))
+    params, _ = checkpoints.import_into(
+        params, restore_cfg, partitioner.shardings(axes), report_dir=report_dir
+    )
+    if dtype is not None:
+      params = jax.tree.map(lambda x: x.astype(dtype), params)
+    return params, 0, axes
   model_dir, step = checkpoints.find_checkpoint(restore_cfg.path, restore_cfg.mode)
   manager = checkpoints.CheckpointManager(model_dir, read_only=True)
-  state = manager.restore(step, init.abstract_state())
+  params = manager.restore_params(step, init.abstract_params(), dtype)
   manager.close()
-  return state.params, step, init.train_state_axes.params
+  return params, step, axes
 
 
 def evaluate(
@@ -98,12 +119,21 @@ def evaluate(
     output_dir: str,
     inference_evaluator_cls=seqio.Evaluator,
     decoder_params: Mapping | None = None,
+    params_dtype=None,
 ) -> dict:
-  """Evaluates the checkpoint `restore_checkpoint_cfg.path` on `dataset_cfg`'s tasks."""
+  """Evaluates the checkpoint `restore_checkpoint_cfg.path` on `dataset_cfg`'s tasks.
+
+  `params_dtype`: cast the restored parameters (e.g. "bfloat16"; None keeps them as saved).
+  """
+  checkpoints.ensure_writable(output_dir, "output_dir")
   params, step, params_axes = restore_params(
-      model, restore_checkpoint_cfg, partitioner, dataset_cfg
+      model,
+      restore_checkpoint_cfg,
+      partitioner,
+      dataset_cfg,
+      dtype=params_dtype,
+      report_dir=output_dir,
   )
-  checkpoints.ensure_writable(output_dir)
   evaluator = make_evaluator(
       dataset_cfg,
       model,

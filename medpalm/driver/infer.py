@@ -7,19 +7,24 @@
 
 Each output line: {"index", "inputs", "prediction", "target", "score"} where `score` is the
 log-likelihood (float32, nats) of the prediction under the model; `target` is null for user files.
-A user file is JSONL with {"image": path (PNG/JPEG/DICOM), "question": text}; its prompt is the
-VQA prompt of the tasks ("Given <img>. Q: <question>\\nA:").
+A user file is JSONL with {"image": path or [paths] (PNG/JPEG/DICOM), "question": text,
+optional "task"}: each line is rendered by the named task's own prompt code (default: the gin
+MIXTURE_OR_TASK_NAME, VQA-RAD) and the model's feature converter, exactly as that task's
+examples are in training, with feature shapes from the model config (no dataset is read).
+Outputs and inputs may be local or gs:// paths. Progress (examples done / total, rate, ETA) is
+printed as inference goes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
 
+from medpalm import features
 from medpalm.driver import checkpoints as ckpt_lib
 from medpalm.driver import data as data_lib
 from medpalm.driver import eval as eval_lib
@@ -28,54 +33,50 @@ from medpalm.partitioning import Partitioner
 
 
 def _file_examples(
-    path: str, vocabulary, num_image_tokens: int, image_size: int, length: int, load_image: Callable
+    path: str, default_task: str, task_feature_lengths: Mapping[str, int], feature_converter
 ) -> list[dict]:
-  """Feature-converted examples (numpy) from a user JSONL of {"image", "question"}.
+  """Model features (numpy) of each line of a user JSONL file (local or gs://).
 
-  `load_image(path, size=...) -> uint8[size, size, 3]` decodes an image the way the tasks do
-  (gin binds `tasks.images.load_image`).
+  A line is {"task": registered task name (default `default_task`), "image": a path or a list
+  of paths (relative to the file's directory), the task's record fields (VQA: "question"),
+  optional "id"}; it is rendered by the task's registered `render_user_record` (its own prompt
+  code) and `feature_converter`. Errors name the file, line and field.
   """
-  if not os.path.exists(path):
+  from etils import epath
+
+  source = epath.Path(path)
+  if not source.exists():
     raise FileNotFoundError(f"inputs file {path} does not exist")
+  base = os.fspath(source.parent)
   examples = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
-      for field in ("image", "question"):
-        if not isinstance(record.get(field), str):
-          raise ValueError(f"{path}:{line_no}: field {field!r} missing or not a string")
-      image_path = record["image"]
-      if not os.path.isabs(image_path):
-        image_path = os.path.join(os.path.dirname(os.path.abspath(path)), image_path)
-      image = load_image(image_path, size=image_size)
-      prompt = (
-          list(vocabulary.encode("Given "))
-          + [vocabulary.image_placeholder_id] * num_image_tokens
-          + list(vocabulary.encode(f". Q: {record['question'].strip()}\nA:"))
+  for line_no, line in enumerate(source.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    where = f"{path}:{line_no}"
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{where}: not JSON ({e})") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{where}: a line must be a JSON object")
+    task = record.pop("task", default_task)
+    render = features.task_info(task).render_user_record if isinstance(task, str) else None
+    if render is None:
+      raise ValueError(
+          f"{where}: field 'task' {task!r} names no registered task that accepts user records"
       )
-      if len(prompt) >= length:
-        raise ValueError(
-            f"{path}:{line_no}: prompt of {len(prompt)} tokens does not fit the "
-            f"sequence length {length}"
-        )
-      tokens = np.zeros(length, np.int32)
-      tokens[: len(prompt)] = prompt
-      causal = (np.arange(length) < len(prompt)).astype(np.int32)
-      examples.append(
-          {
-              "decoder_input_tokens": tokens,
-              "decoder_target_tokens": np.zeros_like(tokens),
-              "decoder_causal_attention": causal,
-              "decoder_loss_weights": np.zeros(length, np.int32),
-              "images": image[None],
-              "image_mask": np.ones(1, bool),
-          }
-      )
+    images = record.get("image", [])
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+      raise ValueError(f"{where}: field 'image' must be a path or a list of paths")
+    record["image"] = [
+        i if "://" in i or os.path.isabs(i) else os.path.join(base, i) for i in images
+    ]
+    try:
+      example = render(record, task_feature_lengths, feature_converter)
+    except (ValueError, KeyError, OSError) as e:
+      raise ValueError(f"{where}: {e}") from None
+    examples.append({k: v for k, v in example.items()})
   if not examples:
     raise ValueError(f"inputs file {path} holds no examples")
   return examples
@@ -89,64 +90,57 @@ def infer(
     partitioner: Partitioner,
     output_dir: str,
     inputs_file: str | None = None,
-    load_image: Callable | None = None,
     decoder_params: Mapping | None = None,
+    params_dtype=None,
 ) -> list[str]:
-  """Writes `<output_dir>/<task or file stem>-<step>.jsonl`; returns the paths written."""
-  import seqio
-  import tensorflow as tf
+  """Writes `<output_dir>/<task or file stem>-<step>.jsonl` (local or gs://); returns the paths.
 
+  With `inputs_file`, each line is rendered through the task it names (default:
+  `dataset_cfg.mixture_or_task_name`), so no dataset is read or needs preparing.
+  """
+  import seqio
+
+  if dataset_cfg.module:
+    __import__(dataset_cfg.module)
+  ckpt_lib.ensure_writable(output_dir, "output_dir")
   params, step, params_axes = eval_lib.restore_params(
-      model, restore_checkpoint_cfg, partitioner, dataset_cfg
+      model,
+      restore_checkpoint_cfg,
+      partitioner,
+      dataset_cfg,
+      dtype=params_dtype,
+      report_dir=output_dir,
   )
-  ckpt_lib.ensure_writable(output_dir)
   vocab = model.output_vocabulary
   decoder_params = dict(decoder_params or {})
-  runner = BatchRunner(partitioner, dataset_cfg.batch_size, params_axes)
+  runner = BatchRunner(
+      partitioner, dataset_cfg.batch_size, params_axes, validate=model.validate_batch
+  )
 
   def predict(params, batch):
     decodes, aux = model.predict_batch_with_aux(params, batch, decoder_params=decoder_params)
     return decodes, aux["scores"]
 
   step_fn = runner.compile(predict)
+  lengths = dict(dataset_cfg.task_feature_lengths)
+  converter = model.FEATURE_CONVERTER_CLS(pack=False)
+  sources = {}
   if inputs_file:
-    if load_image is None:
-      raise ValueError(
-          "infer with inputs_file needs load_image (gin: infer.load_image = "
-          "@images.load_image from tasks)"
-      )
-    lengths = dataset_cfg.task_feature_lengths
-    config = model.config
-    examples = _file_examples(
-        inputs_file,
-        vocab,
-        config.num_image_tokens,
-        config.vision.image_size,
-        lengths["inputs"] + lengths["targets"],
-        load_image,
-    )
-    sources = {
-        os.path.splitext(os.path.basename(inputs_file))[0]: tf.data.Dataset.from_tensor_slices(
-            {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        ).enumerate()
-    }
+    import tensorflow as tf
+
+    examples = _file_examples(inputs_file, dataset_cfg.mixture_or_task_name, lengths, converter)
+    stem = os.path.splitext(os.path.basename(os.fspath(inputs_file).rstrip("/")))[0]
+    sources[stem] = tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    ).enumerate()
   else:
-    if dataset_cfg.module:
-      __import__(dataset_cfg.module)
-    converter = model.FEATURE_CONVERTER_CLS(pack=False)
-    sources = {}
     for task in seqio.get_subtasks(seqio.get_mixture_or_task(dataset_cfg.mixture_or_task_name)):
-      ds = task.get_dataset(
-          dict(dataset_cfg.task_feature_lengths),
-          split=dataset_cfg.split,
-          shuffle=False,
-          num_epochs=1,
-      )
-      sources[task.name] = converter(ds, dict(dataset_cfg.task_feature_lengths)).enumerate()
+      ds = task.get_dataset(lengths, split=dataset_cfg.split, shuffle=False, num_epochs=1)
+      sources[task.name] = converter(ds, lengths).enumerate()
   paths = []
   for name, ds in sources.items():
     rows = []
-    for indices, batch, (decodes, scores) in runner.map(ds, params, step_fn):
+    for indices, batch, (decodes, scores) in runner.map(ds, params, step_fn, name=f"infer {name}"):
       for r, index in enumerate(indices):
         if index < 0:
           continue
@@ -157,16 +151,15 @@ def infer(
                 "index": int(index),
                 "inputs": vocab.decode(prompt.tolist()),
                 "prediction": vocab.decode(np.asarray(decodes[r]).tolist()),
-                "target": vocab.decode(target.tolist()) if target.size else None,
+                # A user line has no reference answer (its rendered target is a placeholder).
+                "target": None if inputs_file or not target.size else vocab.decode(target.tolist()),
                 "score": float(scores[r]),
             }
         )
     path = os.path.join(output_dir, f"{name}-{step}.jsonl")
     if jax.process_index() == 0:
-      with open(path + ".tmp", "w") as f:
-        for row in rows:
-          f.write(json.dumps(row, ensure_ascii=False) + "\n")
-      os.replace(path + ".tmp", path)
+      text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+      ckpt_lib.write_text(path, text)
       print(f"wrote {len(rows)} predictions to {path}", flush=True)
     paths.append(path)
   return paths

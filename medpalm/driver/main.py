@@ -1,54 +1,93 @@
-"""One entry point for every run mode, configured by gin (T5X's `main.py` shape).
+r"""One entry point for every run mode, configured by gin, with T5X's command-line flags.
 
     python -m medpalm.main --run_mode=train \
-        --gin_file=gin_configs/experiments/multimedbench_12b.gin --gin.MODEL_DIR="'/tmp/run'" \
-        [--gin.TRAIN_STEPS=100] [--gin_bindings='...']
+        --gin_file=gin_configs/experiments/multimedbench_12b.gin --gin.MODEL_DIR="'gs://B/run'" \
+        [--gin.TRAIN_STEPS=100] [--gin_bindings='...'] [--gin_search_paths=DIR,DIR]
 
 `--gin.NAME=VALUE` binds a macro or parameter (`--gin.MODEL_DIR="'/tmp/x'"` is the binding
-`MODEL_DIR = '/tmp/x'`; strings need their quotes). Run modes call `train.train`,
-`eval.evaluate` or `infer.infer` with every argument from gin. Multi-host: pass
-`--coordinator_address`, `--num_processes`, `--process_id` (or let `jax.distributed.initialize`
-find them on Cloud TPU / SLURM with `--multiprocess`).
+`MODEL_DIR = '/tmp/x'`; strings need their quotes), as T5X's `gin_utils.run` rewrites it. Run
+modes call `train.train`, `eval.evaluate` or `infer.infer` with every argument from gin.
+Multi-host: T5X's `--multiprocess_gpu`, `--coordinator_address`, `--process_count`,
+`--process_index` (with an address or a count, `jax.distributed.initialize` gets them; with
+`--multiprocess_gpu` alone or `--multiprocess` it finds them itself on Cloud TPU / SLURM).
+`--help` lists these flags, `--helpfull` every flag (absl's).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+import types
+
+from absl import flags
 
 RUN_MODES = ("train", "eval", "infer")
 GIN_SEARCH_PATHS = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),)
 
+FLAGS = flags.FLAGS
+_FLAG_NAMES = (
+    "run_mode",
+    "gin_file",
+    "gin_bindings",
+    "gin_search_paths",
+    "multiprocess",
+    "multiprocess_gpu",
+    "coordinator_address",
+    "process_count",
+    "process_index",
+)
+if "run_mode" not in FLAGS:  # defined once per process, whoever imports this module first
+  flags.DEFINE_enum("run_mode", None, RUN_MODES, "What to run.")
+  flags.DEFINE_multi_string(
+      "gin_file", [], "gin file (repeatable), absolute or relative to a gin search path"
+  )
+  flags.DEFINE_multi_string("gin_bindings", [], "gin bindings (repeatable); or --gin.NAME=VALUE")
+  flags.DEFINE_list(
+      "gin_search_paths", [], "comma-separated directories searched for gin files and includes"
+  )
+  flags.DEFINE_bool(
+      "multiprocess", False, "call jax.distributed.initialize() (auto-detects Cloud TPU / SLURM)"
+  )
+  flags.DEFINE_bool(
+      "multiprocess_gpu", False, "initialize JAX's distributed system for multi-host GPUs"
+  )
+  flags.DEFINE_string("coordinator_address", None, "IP:port of process 0's coordinator")
+  flags.DEFINE_integer("process_count", None, "number of JAX processes")
+  flags.DEFINE_integer("process_index", None, "this process's index")
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--run_mode", choices=RUN_MODES, required=True)
-  parser.add_argument(
-      "--gin_file",
-      action="append",
-      default=[],
-      help="gin file (repeatable), absolute or relative to the repository",
-  )
-  parser.add_argument("--gin_bindings", action="append", default=[])
-  parser.add_argument("--gin_search_paths", action="append", default=[])
-  parser.add_argument(
-      "--multiprocess",
-      action="store_true",
-      help="call jax.distributed.initialize() (auto-detects TPU / SLURM)",
-  )
-  parser.add_argument("--coordinator_address")
-  parser.add_argument("--num_processes", type=int)
-  parser.add_argument("--process_id", type=int)
-  args, rest = parser.parse_known_args(argv)
-  for item in rest:
-    if not item.startswith("--gin.") or "=" not in item:
-      parser.error(f"unrecognized argument {item!r} (gin bindings are --gin.NAME=VALUE)")
-    name, value = item[len("--gin.") :].split("=", 1)
-    args.gin_bindings.append(f"{name} = {value}")
+
+def rewrite_gin_args(argv) -> list[str]:
+  """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (what T5X's gin_utils does)."""
+  out = []
+  for item in argv:
+    if item.startswith("--gin.") and "=" in item:
+      name, value = item[len("--gin.") :].split("=", 1)
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(item)
+  return out
+
+
+def _help(full: bool) -> str:
+  module = sys.modules[__name__]
+  body = FLAGS.get_help() if full else FLAGS.module_help(module)
+  return __doc__ + "\n" + body
+
+
+def parse_args(argv) -> types.SimpleNamespace:
+  """The flags of `argv` (program name excluded); SystemExit with the reason on bad flags."""
+  FLAGS.unparse_flags()
+  try:
+    FLAGS(["medpalm.main", *rewrite_gin_args(argv)], known_only=False)
+  except flags.Error as e:
+    raise SystemExit(f"medpalm.main: {e}\nTry --help.") from None
+  args = types.SimpleNamespace(**{name: FLAGS[name].value for name in _FLAG_NAMES})
+  args.gin_file, args.gin_bindings = list(args.gin_file), list(args.gin_bindings)
+  if args.run_mode is None:
+    raise SystemExit(f"medpalm.main: --run_mode is required ({', '.join(RUN_MODES)})")
   if not args.gin_file:
-    parser.error("at least one --gin_file is required")
+    raise SystemExit("medpalm.main: at least one --gin_file is required")
   return args
 
 
@@ -64,22 +103,26 @@ def parse_gin(files, bindings, search_paths=()) -> None:
 def initialize_distributed(args) -> None:
   import jax
 
-  if args.coordinator_address or args.num_processes:
+  if args.coordinator_address or args.process_count:
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id
+        args.coordinator_address, num_processes=args.process_count, process_id=args.process_index
     )
-  elif args.multiprocess:
+  elif args.multiprocess or args.multiprocess_gpu:
     jax.distributed.initialize()
 
 
 def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--helpfull" in argv or "--help" in argv or "-h" in argv:
+    print(_help(full="--helpfull" in argv))
+    return 0
+  args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("medpalm").setLevel(logging.INFO)
-  # absl carries seqio's per-task "uncached FunctionDataset" advice: one line per task and run.
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  # absl carries SeqIO's warnings (e.g. a task left out of an evaluation): keep them visible.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from medpalm.driver import cpu_env
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from typing import Any, Mapping
 
@@ -23,10 +24,20 @@ logger = logging.getLogger("medpalm")
 
 
 class SummaryWriter:
-  """TensorBoard scalars under `logdir` (only process 0 writes; others are no-ops)."""
+  """TensorBoard scalars under `logdir` (only process 0 writes; others are no-ops).
+
+  A remote `logdir` (gs://...) is written through etils.epath like every other output: the
+  events go to a local temporary directory and each `flush` copies the event files there
+  (TensorFlow's own file system cannot be pointed at another object-store endpoint).
+  """
 
   def __init__(self, logdir: str):
     self._writer = None
+    self._remote, self._local = None, None
+    if "://" in os.fspath(logdir):
+      self._remote = logdir
+      self._local = tempfile.mkdtemp(prefix="medpalm_events_")
+      logdir = self._local
     if jax.process_index() == 0:
       import tensorflow as tf
       from tensorflow.core.framework import summary_pb2
@@ -52,10 +63,23 @@ class SummaryWriter:
   def flush(self) -> None:
     if self._writer is not None:
       self._writer.flush()
+      self._copy_out()
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+      self._copy_out()
+
+  def _copy_out(self) -> None:
+    if self._remote is None:
+      return
+    from etils import epath
+
+    remote = epath.Path(self._remote)
+    remote.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(self._local)):
+      with open(os.path.join(self._local, name), "rb") as f:
+        (remote / name).write_bytes(f.read())
 
 
 def compute(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -34,13 +34,10 @@ class NonFiniteError(RuntimeError):
 
 
 def write_operative_config(model_dir: str) -> None:
-  """Saves the gin config in force (`MODEL_DIR/config.gin`), process 0 only, atomically."""
+  """Saves the gin config in force (`MODEL_DIR/config.gin`, local or gs://), process 0 only."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(model_dir, "config.gin")
-  with open(path + ".tmp", "w") as f:
-    f.write(gin.operative_config_str())
-  os.replace(path + ".tmp", path)
+  ckpt_lib.write_text(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
 
 
 def _subtasks(name: str):
@@ -58,7 +55,8 @@ def _train_eval(
     writers: dict,
     step: int,
 ) -> dict[str, dict[str, float]]:
-  """Loss metrics of each task of `cfg` over at most `eval_steps` batches of its split."""
+  """Loss metrics of each task of `cfg` over at most `eval_steps` batches of its split (the
+  last one padded with zero-weight rows, so a split smaller than a batch still counts)."""
   import dataclasses
 
   results = {}
@@ -71,9 +69,13 @@ def _train_eval(
         layout.num_shards,
         trainer.model.FEATURE_CONVERTER_CLS,
         num_epochs=1,
+        pad_remainder=True,
     )
     total = None
-    for i, batch in enumerate(data_lib.BatchIterator(ds.take(eval_steps), partitioner)):
+    batches = data_lib.BatchIterator(
+        ds.take(eval_steps), partitioner, validate=trainer.model.validate_batch
+    )
+    for batch in batches:
       total = summaries.accumulate(total, trainer.eval_step(params, batch))
     if total is None:
       logger.warning(
@@ -117,18 +119,22 @@ def train(
 ) -> tuple[Any, dict[str, float]]:
   """Trains to `total_steps`; returns (final TrainState, metrics of the last step).
 
-  `stop_after_steps` ends this invocation early (a pre-emption drill: the run resumes later).
+  `stop_after_steps` ends this invocation early (a pre-emption drill: the run resumes later);
+  the last step of an invocation is always checkpointed, whatever the checkpoint period.
   Raises `NonFiniteError` after `trainer_cls`'s `max_nonfinite_in_a_row` skipped steps in a row.
+  `model_dir` may be local or gs:// (every output goes through etils.epath).
   """
   if total_steps < 0:
     raise ValueError(f"total_steps must be >= 0, got {total_steps}")
-  ckpt_lib.ensure_writable(model_dir)
+  if stop_after_steps is not None and stop_after_steps < 1:
+    raise ValueError(f"stop_after_steps must be >= 1 or None, got {stop_after_steps}")
+  ckpt_lib.ensure_writable(model_dir, "MODEL_DIR")
   batch_size = train_dataset_cfg.batch_size
   layout = partitioner.get_data_layout(batch_size)
   ds = data_lib.get_dataset(
       train_dataset_cfg, layout.shard_id, layout.num_shards, model.FEATURE_CONVERTER_CLS
   )
-  iterator = data_lib.BatchIterator(ds, partitioner)
+  iterator = data_lib.BatchIterator(ds, partitioner, validate=model.validate_batch)
   shapes, types = data_lib.input_shapes_and_types(ds, batch_size)
   init = trainer_lib.TrainStateInitializer(model, shapes, types, partitioner)
   trainer = trainer_cls(
@@ -152,7 +158,7 @@ def train(
     restore = checkpoint_cfg.restore
     if restore is not None and restore.path and restore.importer is not None:
       state, _ = ckpt_lib.import_into(
-          state, restore, partitioner.shardings(init.train_state_axes.params)
+          state, restore, partitioner.shardings(init.train_state_axes.params), report_dir=model_dir
       )
     elif restore is not None and restore.path:
       other_dir, other_step = ckpt_lib.find_checkpoint(restore.path, restore.mode)
@@ -229,7 +235,7 @@ def train(
         last_values = summaries.compute(step_metrics)
         log.log(step, period_metrics, skipped=int(jax.device_get(state.skipped)))
         period_metrics = None
-      if save_cfg is not None and (step % save_cfg.period == 0 or step == total_steps):
+      if save_cfg is not None and (step % save_cfg.period == 0 or step == last_step):
         if pending is not None:
           check(*pending)
           pending = None

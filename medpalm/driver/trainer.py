@@ -5,9 +5,11 @@ state donated and laid out by `train_state_axes`, the batch split over the parti
 `data_partition_spec`. What a step does:
   1. dropout rng = fold_in(rng, step) — a pure function of the step, so a resumed run draws the
      same dropout masks as an uninterrupted one;
-  2. gradients of `model.loss_fn`, summed over `num_microbatches` slices of the batch (the loss is
-     a sum over tokens unless the model normalizes it, so summing gradients equals the
-     full-batch gradient); frozen parts (`freeze`) get no gradient and keep their values;
+  2. gradients of `model.loss_fn`, accumulated over `num_microbatches` slices of the batch. The
+     model normalizes each slice by its own factor (e.g. its real target tokens), so each
+     slice's loss and gradient are rescaled by its factor over the whole batch's: the result is
+     the whole-batch loss and gradient whatever the number of microbatches. Frozen parts
+     (`freeze`) get no gradient and keep their values;
   3. the optimizer update — unless the loss or any gradient is not finite: then parameters and
      optimizer state stay as they were, `skipped` counts it and the returned `finite` flag is
      False (the train loop stops the run after `max_nonfinite_in_a_row` such steps).
@@ -19,10 +21,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec
 
+from medpalm import losses, partitioning
 from medpalm.driver import train_state as train_state_lib
-from medpalm import partitioning
 from medpalm.partitioning import Partitioner
 from medpalm.driver.train_state import TrainState
 
@@ -76,6 +79,19 @@ class TrainStateInitializer:
         shardings,
     )
 
+  def abstract_params(self) -> Any:
+    """The params' ShapeDtypeStructs with their NamedShardings (a params-only restore)."""
+    return self.abstract_state().params
+
+  def params_from_scratch(self, rng: jax.Array) -> Any:
+    """The params alone, each leaf in its sharding (eval / infer: no optimizer state)."""
+    fn = self._partitioner.partition(
+        lambda r: self._init(r)[0].params,
+        in_axis_resources=None,
+        out_axis_resources=self.train_state_axes.params,
+    )
+    return fn(rng)
+
   def from_scratch(self, rng: jax.Array) -> TrainState:
     """Initializes every leaf in its own sharding (never whole on one device)."""
     if self._init_fn is None:
@@ -98,6 +114,20 @@ def _split_microbatches(batch: dict, num: int) -> dict:
     return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
 
   return jax.tree.map(split, batch)
+
+
+def loss_normalizing_factor(model):
+  """The model's T5X loss normalizing factor (None, a number or a NORMALIZING_FACTORS name)."""
+  return getattr(model, "loss_normalizing_factor", None)
+
+
+def _normalizer(factor, batch: dict) -> jax.Array:
+  """float32[]: what the model divides a batch's summed loss by (1 for a sum or a constant)."""
+  if factor == "NUM_REAL_TARGET_TOKENS":
+    return jnp.maximum(jnp.sum(losses.loss_weights(batch)), 1.0)
+  if factor == "NUM_TOTAL_TARGET_TOKENS":
+    return jnp.float32(np.prod(batch["decoder_target_tokens"].shape))
+  return jnp.float32(1.0)
 
 
 def make_train_step(model, *, freeze: Sequence[str] = (), num_microbatches: int = 1):
@@ -124,16 +154,27 @@ def make_train_step(model, *, freeze: Sequence[str] = (), num_microbatches: int 
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+  factor = loss_normalizing_factor(model)
+
   def grads_of(params, batch, rng):
-    """Summed loss, gradients and merged metrics over the microbatches."""
+    """Whole-batch loss, gradients and merged metrics over the microbatches."""
     if num_microbatches == 1:
       (loss, metrics), grads = grad_fn(params, batch, rng)
       return loss, grads, metrics
     micro = _split_microbatches(batch, num_microbatches)
+    whole = _normalizer(factor, batch)
 
     def body(carry, inputs):
       index, mb = inputs
       (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
+      # The model divides each microbatch by its own normalizer; rescaling by its share of the
+      # whole batch's makes the sum over microbatches the whole batch's loss and gradient.
+      scale = _normalizer(factor, mb) / whole
+      loss, grads = loss * scale, jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+      metrics = dict(metrics)
+      for name in PER_BATCH_METRICS:
+        if name in metrics:
+          metrics[name] = metrics[name].replace(total=metrics[name].total * scale)
       if carry is None:
         return (loss, grads, metrics), None
       return jax.tree.map(jnp.add, carry, (loss, grads, metrics)), None

@@ -47,7 +47,7 @@ def predict_fn(runner: BatchRunner, params, step) -> Callable:
 
   def predict(ds) -> list:
     out = []
-    for indices, _, decodes in runner.map(ds, params, step):
+    for indices, _, decodes in runner.map(ds, params, step, name="eval predict"):
       out += [(int(i), row.tolist()) for i, row in zip(indices, decodes) if i >= 0]
     return out
 
@@ -59,7 +59,7 @@ def score_fn(runner: BatchRunner, params, step) -> Callable:
 
   def score(ds) -> list:
     out = []
-    for indices, _, scores in runner.map(ds, params, step):
+    for indices, _, scores in runner.map(ds, params, step, name="eval score"):
       out += [(int(i), float(s)) for i, s in zip(indices, np.asarray(scores, np.float64)) if i >= 0]
     return out
 
@@ -119,7 +119,12 @@ class Evaluator:
           f"results as {clashes}: evaluate one registration of each task at a time"
       )
     self._model, self._output_dir = model, output_dir
-    self._runner = BatchRunner(partitioner or single_device_partitioner(), batch_size, params_axes)
+    self._runner = BatchRunner(
+        partitioner or single_device_partitioner(),
+        batch_size,
+        params_axes,
+        validate=getattr(model, "validate_batch", None),
+    )
     decoder_params = dict(decoder_params or {})
     self._predict = self._runner.compile(
         lambda params, batch: model.predict_batch_with_aux(

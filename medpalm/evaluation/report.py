@@ -68,14 +68,21 @@ def json_value(value) -> Any:
 
 
 def write_results(results_dir: str, task: str, step: int, metrics: Mapping[str, Any]) -> str:
-  """Writes ``{task: metrics}`` to ``DIR/<task>/step_<N>.json`` and returns the path."""
+  """Writes ``{task: metrics}`` to ``DIR/<task>/step_<N>.json`` and returns the path. ``DIR``
+  may be a local or an object-store path (gs://, through etils.epath)."""
+  from etils import epath
+
   path = results_path(results_dir, task, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   payload = {task: {str(k): json_value(v) for k, v in metrics.items()}}
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False)
-  os.replace(tmp, path)
+  text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=False)
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if "://" in path:  # an object store's upload is atomic by itself
+    target.write_text(text, encoding="utf-8")
+    return path
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
   return path
 
 

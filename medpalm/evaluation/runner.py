@@ -14,6 +14,7 @@ all run a model function over every example of a dataset the same way:
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -102,7 +103,52 @@ class BatchRunner:
     out = step(params, self.partitioner.host_local_to_global(host))
     return jax.tree.map(np.asarray, jax.device_get(out))
 
-  def map(self, ds, params, step: PartitionedFn) -> Iterator[tuple[np.ndarray, dict, Any]]:
-    """(indices int[B], host batch, outputs) for every padded batch of `ds` (index -1: padding)."""
+  def map(
+      self,
+      ds,
+      params,
+      step: PartitionedFn,
+      name: str = "batches",
+  ) -> Iterator[tuple[np.ndarray, dict, Any]]:
+    """(indices int[B], host batch, outputs) for every padded batch of `ds` (index -1: padding).
+
+    Progress (examples done / total, rate, ETA) is printed under `name` every 10 batches.
+    """
+    total = None
+    if hasattr(ds, "cardinality"):
+      known = int(ds.cardinality())
+      total = known if known >= 0 else None
+    progress = Progress(name, total, every=10 * self.batch_size)
     for indices, batch in padded_batches(ds, self.batch_size):
       yield indices, batch, self.run(step, params, batch)
+      progress.update(int(np.sum(indices >= 0)))
+    progress.finish()
+
+
+class Progress:
+  """Prints `name: done/total examples | rate | ETA` every `every` examples and at the end
+  (process 0), as the training loop logs its steps."""
+
+  def __init__(self, name: str, total: int | None, every: int):
+    self.name, self.total, self.every = name, total, max(1, every)
+    self.done, self._next, self._start = 0, self.every, time.perf_counter()
+
+  def update(self, count: int) -> None:
+    self.done += count
+    if self.done >= self._next:
+      self._next = self.done + self.every
+      self._print()
+
+  def finish(self) -> None:
+    if self.done and self.done != self._next - self.every:
+      self._print()
+
+  def _print(self) -> None:
+    elapsed = max(time.perf_counter() - self._start, 1e-9)
+    rate = self.done / elapsed
+    line = f"{self.name}: {self.done}/{'?' if self.total is None else self.total} examples"
+    line += f" | {rate:.1f} examples/s"
+    if self.total:
+      line += f" | ETA {max(self.total - self.done, 0) / max(rate, 1e-9):.0f}s"
+    if jax.process_index() == 0:
+      print(line, flush=True)

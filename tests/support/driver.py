@@ -58,7 +58,7 @@ def register() -> None:
   seqio.TaskRegistry.remove(TASK)
   seqio.TaskRegistry.add(
       TASK,
-      source=seqio.FunctionDataSource(_dataset_fn, splits=("train", "validation")),
+      source=seqio.FunctionDataSource(_dataset_fn, splits=("train", "validation", "train_eval")),
       preprocessors=[seqio.preprocessors.append_eos_after_trim],
       output_features={
           "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
@@ -118,3 +118,22 @@ def subprocess_env(devices: int = 8) -> dict:
 
 
 PYTHON = sys.executable
+
+
+def eval_infer_argv(checkpoint_path) -> dict[str, list[str]]:
+  """argv (without --run_mode and the output directory) of eval and infer of the toy task on
+  its validation split, reading `checkpoint_path`."""
+  gin_dir = os.path.join(REPO, "gin_configs")
+  common = [
+      f"--gin_file={gin_dir}/models/medpalm_m_tiny.gin",
+      f"--gin_file={gin_dir}/partitioning/cpu_test.gin",
+      "--gin_bindings=" + GIN_HEADER + "\n".join(BINDINGS[:5]),
+      f"--gin.MIXTURE_OR_TASK_MODULE='{__name__}'",
+      f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+      "--gin.BATCH_SIZE=8",
+      f"--gin.CHECKPOINT_PATH='{checkpoint_path}'",
+  ]
+  return {
+      "eval": [f"--gin_file={gin_dir}/runs/eval.gin", *common, "--gin.EVAL_SPLIT='validation'"],
+      "infer": [f"--gin_file={gin_dir}/runs/infer.gin", *common, "--gin.INFER_SPLIT='validation'"],
+  }

@@ -232,11 +232,31 @@ def test_unwritable_model_dir_is_a_clear_error(tmp_path):
     run_main(driver_setup.train_argv(str(blocker / "model"), 2))
 
 
-def test_command_line_errors():
-  with pytest.raises(SystemExit):
+def test_command_line_takes_t5x_flags_and_refuses_unknown_ones(capsys):
+  with pytest.raises(SystemExit, match="bogus"):
     main.parse_args(["--run_mode=train", "--gin_file=x.gin", "--bogus=1"])
-  args = main.parse_args(["--run_mode=train", "--gin_file=x.gin", "--gin.TRAIN_STEPS=3"])
-  assert args.gin_bindings == ["TRAIN_STEPS = 3"]
+  with pytest.raises(SystemExit, match="--run_mode is required"):
+    main.parse_args(["--gin_file=x.gin"])
+  args = main.parse_args(
+      [
+          "--run_mode=eval",
+          "--gin_file=x.gin",
+          "--gin.TRAIN_STEPS=3",
+          "--gin_bindings=BATCH_SIZE = 4",
+          "--gin_search_paths=/a,/b",
+          "--multiprocess_gpu",
+          "--coordinator_address=host:1234",
+          "--process_count=2",
+          "--process_index=1",
+      ]
+  )
+  assert args.run_mode == "eval" and args.gin_file == ["x.gin"]
+  assert args.gin_bindings == ["TRAIN_STEPS = 3", "BATCH_SIZE = 4"]
+  assert args.gin_search_paths == ["/a", "/b"] and args.multiprocess_gpu
+  assert (args.coordinator_address, args.process_count, args.process_index) == ("host:1234", 2, 1)
+  assert main.main(["--helpfull"]) == 0
+  out = capsys.readouterr().out
+  assert "--process_index" in out and "--gin_search_paths" in out
 
 
 # --- importing open weights -------------------------------------------------------------------
@@ -291,6 +311,7 @@ def test_restore_from_an_imported_open_checkpoint():
       importer=importer,
       fallback_to_scratch=True,
       assignment_map=[(r"vision/(.*)", r"img/\1")],
+      allow_scratch_towers=("projector",),
   )
   cfg = data.DatasetConfig(driver_setup.TASK, driver_setup.LENGTHS, "validation", 8, False, 0)
   params, step, _ = eval_lib.restore_params(model, restore, partitioning.Partitioner(2, 2, 2), cfg)
@@ -302,45 +323,6 @@ def test_restore_from_an_imported_open_checkpoint():
       source["projector"]["kernel"], np.asarray(params["projector"]["kernel"])
   )
   assert params["decoder"]["embedding"].sharding.spec == jax.sharding.PartitionSpec("model", "fsdp")
-
-
-def test_user_file_examples_for_infer(tmp_path):
-  """{"image", "question"} lines become prefix-LM examples with the image's placeholders; bad
-  lines name the file, line and field."""
-  from PIL import Image
-  from medpalm.driver import infer
-  from tasks import images, vocab as vocab_lib
-
-  vocabulary = vocab_lib.MedPalmVocabulary(
-      vocab_lib.train_sentencepiece(
-          tmp_path / "spm" / "m",
-          ["Is the lesion on the left or right side of the image?"],
-          vocab_size=600,
-      )
-  )
-  Image.fromarray(np.full((40, 30), 200, np.uint8)).save(tmp_path / "scan.png")
-  path = tmp_path / "questions.jsonl"
-  path.write_text(
-      json.dumps({"image": "scan.png", "question": "Is the lesion on the left?"}) + "\n"
-  )
-  (ex,) = infer._file_examples(
-      str(path),
-      vocabulary,
-      num_image_tokens=4,
-      image_size=28,
-      length=64,
-      load_image=images.load_image,
-  )
-  prompt = ex["decoder_input_tokens"][ex["decoder_causal_attention"] > 0]
-  assert list(prompt).count(vocabulary.image_placeholder_id) == 4
-  assert vocabulary.decode(prompt.tolist()) == "Given <img>. Q: Is the lesion on the left?\nA:"
-  assert ex["images"].shape == (1, 28, 28, 3) and ex["images"].dtype == np.uint8
-  path.write_text('{"image": "scan.png"}\n')
-  with pytest.raises(ValueError, match=r"questions.jsonl:1: field 'question' missing"):
-    infer._file_examples(str(path), vocabulary, 4, 28, 64, images.load_image)
-  path.write_text(json.dumps({"image": "scan.png", "question": "why " * 100}) + "\n")
-  with pytest.raises(ValueError, match="does not fit the sequence length 64"):
-    infer._file_examples(str(path), vocabulary, 4, 28, 64, images.load_image)
 
 
 def test_input_threads_cap_the_pipeline_without_changing_its_batches():
@@ -365,4 +347,193 @@ def test_input_threads_cap_the_pipeline_without_changing_its_batches():
   with pytest.raises(ValueError, match="input_threads"):
     data.get_dataset(
         dataclasses.replace(cfg, input_threads=0), 0, 1, MedPalmMModel.FEATURE_CONVERTER_CLS
+    )
+
+
+# --- params-only restore, sharded scoring, host batch validation, the import report -----------
+
+
+def _without_optimizer_state(trained, out_dir):
+  """A copy of `trained`'s last checkpoint whose state holds no optimizer state. (orbax keeps
+  every array of a state in one OCDBT database, so there is no per-leaf directory to delete:
+  the state item is written again without `opt_state`.)"""
+  import shutil
+
+  import orbax.checkpoint as ocp
+
+  step_dir = os.path.join(out_dir, "checkpoint_4")
+  shutil.copytree(os.path.join(trained, "checkpoint_4"), step_dir)
+  state_dir = os.path.join(step_dir, "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state_dir).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  assert "opt_state" in tree
+  del tree["opt_state"]
+  shutil.rmtree(state_dir)
+  checkpointer.save(state_dir, tree)
+  return out_dir
+
+
+def test_eval_and_infer_restore_params_only(trained, tmp_path):
+  model_dir = _without_optimizer_state(trained, str(tmp_path / "no_opt"))
+  manager = checkpoints.CheckpointManager(model_dir, read_only=True)
+  trainer, init, _ = _setup()
+  with pytest.raises(Exception):  # the whole train state is no longer there
+    manager.restore(4, init.abstract_state())
+  params = manager.restore_params(4, init.abstract_params(), dtype=jnp.bfloat16)
+  leaf = params["decoder"]["embedding"]
+  assert leaf.dtype == jnp.bfloat16 and leaf.sharding.spec == jax.sharding.PartitionSpec(
+      "model", "fsdp"
+  )
+  argv = driver_setup.eval_infer_argv(model_dir)
+  run_main(["--run_mode=eval", *argv["eval"], f"--gin.EVAL_OUTPUT_DIR='{tmp_path}/eval'"])
+  assert json.load(open(tmp_path / "eval" / "toy_images" / "step_4.json"))["toy_images"]
+  run_main(["--run_mode=infer", *argv["infer"], f"--gin.INFER_OUTPUT_DIR='{tmp_path}/infer'"])
+  assert len(open(tmp_path / "infer" / "toy_images-4.jsonl").readlines()) == 16
+
+
+def test_eval_scoring_step_is_sharded_by_the_partitioner():
+  from medpalm.evaluation.evaluator import Evaluator
+
+  trainer, init, batch = _setup()
+  part = trainer.partitioner
+  axes = init.train_state_axes.params
+  evaluator = Evaluator(
+      trainer.model,
+      driver_setup.TASK,
+      split="validation",
+      sequence_length=driver_setup.LENGTHS,
+      batch_size=8,
+      partitioner=part,
+      params_axes=axes,
+  )
+  abstract_batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in batch.items()
+  }
+  lowered = evaluator._score.lower(init.abstract_params(), abstract_batch)
+  (params_in, batch_in), _ = lowered.compile().input_shardings
+  want = part.shardings(axes)
+  for (path, got), expected, leaf in zip(
+      jax.tree_util.tree_leaves_with_path(params_in),
+      jax.tree.leaves(want),
+      jax.tree.leaves(init.abstract_params()),
+  ):
+    assert got.is_equivalent_to(expected, leaf.ndim), jax.tree_util.keystr(path)
+  data_spec = part.data_partition_spec
+  used = {name: got for name, got in batch_in.items() if got is not None}  # unused: pruned
+  assert {"decoder_input_tokens", "images"} <= set(used)
+  for name, got in used.items():
+    assert got.spec[0] == data_spec[0], name
+  assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(params_in))
+
+
+def _bad_placeholder_task():
+  """The toy task with one image placeholder missing from every prompt."""
+  import tensorflow as tf
+
+  name = "toy_images_bad_placeholders"
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    records = driver_setup._records(64 if split == "train" else 16, 0)
+    # [5, 6, img x4, 7] -> [5, 6, img x3, 7]: 3 placeholders for 1 valid image of 4 tokens
+    records["inputs"] = np.delete(records["inputs"], 2, axis=1)
+    return tf.data.Dataset.from_tensor_slices(records)
+
+  task = seqio.get_mixture_or_task(driver_setup.TASK)
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=("train", "validation", "train_eval")),
+      preprocessors=[seqio.preprocessors.append_eos_after_trim],
+      output_features=task.output_features,
+      metric_fns=[driver_setup.accuracy],
+  )
+  return name
+
+
+def test_a_wrong_placeholder_count_is_refused_in_train_eval_and_infer(trained, tmp_path):
+  bad = _bad_placeholder_task()
+  match = r"row 0: 3 image placeholder tokens .* = 4 expected"
+  with pytest.raises(ValueError, match=match):
+    run_main(driver_setup.train_argv(str(tmp_path / "m"), 2, [f"MIXTURE_OR_TASK_NAME = '{bad}'"]))
+  argv = driver_setup.eval_infer_argv(trained)
+  with pytest.raises(ValueError, match=match):
+    run_main(
+        [
+            "--run_mode=eval",
+            *argv["eval"],
+            f"--gin.MIXTURE_OR_TASK_NAME='{bad}'",
+            f"--gin.EVAL_OUTPUT_DIR='{tmp_path}/eval'",
+        ]
+    )
+  with pytest.raises(ValueError, match=match):
+    run_main(
+        [
+            "--run_mode=infer",
+            *argv["infer"],
+            f"--gin.MIXTURE_OR_TASK_NAME='{bad}'",
+            f"--gin.INFER_OUTPUT_DIR='{tmp_path}/infer'",
+        ]
+    )
+
+
+def test_an_import_leaving_a_tower_from_scratch_raises_and_the_report_lists_every_parameter(
+    tmp_path,
+):
+  """A PaliGemma-style import whose assignment_map misses the vision tower (its parameters sit
+  under `img/...` in the source): with fallback_to_scratch it would silently train the tower
+  from random weights; it raises, naming the tower, and the report says what happened."""
+  import flax.linen as nn
+  from medpalm.driver import data, eval as eval_lib
+  from medpalm.models import medpalm_m
+
+  config = configs.get_config("tiny", image_size=28)
+  source = jax.tree.map(
+      np.asarray, nn.meta.unbox(medpalm_m.init(config, jax.random.key(7)))["params"]
+  )
+  renamed = {"img": source["vision"], "llm": source["decoder"], "proj": source["projector"]}
+  model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(1024, eos_id=1))
+  cfg = data.DatasetConfig(driver_setup.TASK, driver_setup.LENGTHS, "validation", 8, False, 0)
+  wrong = checkpoints.RestoreCheckpointConfig(
+      path="/open/paligemma",
+      importer=lambda path: (config, renamed, None),
+      fallback_to_scratch=True,
+      assignment_map=[(r"vision/(.*)", r"image/\1"), (r"decoder/(.*)", r"llm/\1")],
+      allow_scratch_towers=("projector",),
+  )
+  part = partitioning.Partitioner(2, 2, 2)
+  with pytest.raises(ValueError, match=r"left the whole vision tower"):
+    eval_lib.restore_params(model, wrong, part, cfg, report_dir=str(tmp_path))
+  report = json.load(open(tmp_path / "import_report.json"))
+  model_params = {
+      jax.tree_util.keystr(p, simple=True, separator="/")
+      for p, _ in jax.tree_util.tree_leaves_with_path(source)
+  }
+  assert set(report["parameters"]) == model_params
+  assert report["towers"]["vision"]["loaded"] == []
+  assert all(
+      report["parameters"][p] == "initialized from scratch"
+      for p in report["towers"]["vision"]["scratch"]
+  )
+  assert report["parameters"]["decoder/embedding"] == "imported from llm/embedding"
+  assert any(p.startswith("img/") for p in report["unused_in_source"])
+  right = dataclasses.replace(
+      wrong, assignment_map=[(r"vision/(.*)", r"img/\1"), (r"decoder/(.*)", r"llm/\1")]
+  )
+  params, _, _ = eval_lib.restore_params(model, right, part, cfg, report_dir=str(tmp_path))
+  np.testing.assert_array_equal(
+      np.asarray(params["vision"]["pos_embedding"]), source["vision"]["pos_embedding"]
+  )
+
+
+def test_the_last_step_of_a_run_is_always_checkpointed(tmp_path):
+  """stop_after_steps=3 with a checkpoint period of 2: step 3 is saved all the same."""
+  model_dir = tmp_path / "m"
+  run_main(driver_setup.train_argv(str(model_dir), 10, ["train_script.train.stop_after_steps = 3"]))
+  steps = sorted(p.name for p in model_dir.iterdir() if p.name.startswith("checkpoint_"))
+  assert steps == ["checkpoint_2", "checkpoint_3"]
+  with pytest.raises(ValueError, match="stop_after_steps must be >= 1"):
+    run_main(
+        driver_setup.train_argv(str(model_dir), 10, ["train_script.train.stop_after_steps = 0"])
     )
