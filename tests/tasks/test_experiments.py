@@ -7,13 +7,12 @@ import pytest
 import seqio
 
 from tasks import features, metrics, multimedbench, postprocessors, prompts, readers
-from tests.support import tasks_env as env_lib
 from tests.support.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return env_lib.tasks_env(tmp_path_factory)
+def env(tasks_env):
+  return tasks_env
 
 
 def _examples(env, task, split="test", lengths=LONG):

@@ -14,15 +14,14 @@ from medpalm.model import MedPalmMModel
 from medpalm.models import configs
 from medpalm.models.medpalm_m import MedPalmM
 from tasks import multimedbench, readers
-from tests.support.tasks_env import tasks_env
 
 LENGTHS = {"inputs": 96, "targets": 16, "images": 1, "image_mask": 1}
 PROMPT = ("decoder_input_tokens", "decoder_causal_attention", "images", "image_mask")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return tasks_env(tmp_path_factory)
+def env(tasks_env):
+  return tasks_env
 
 
 def _task_examples(name, split="test"):
