@@ -10,6 +10,7 @@ is allocated: the sizes come from the cache arrays' shapes.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 
@@ -33,7 +34,8 @@ def cache_bytes(decoder: configs.DecoderConfig, prompt: int, length: int) -> int
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(variables["cache"]))
 
 
-def main() -> None:
+def main(argv=None) -> None:
+  argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
   for name, make in (("gemma3_4b", configs.gemma3_4b), ("gemma2_2b", configs.gemma2_2b)):
     decoder = dataclasses.replace(make(), dtype="bfloat16", param_dtype="bfloat16")
     prompt = 8 * decoder.sliding_window
