@@ -34,9 +34,13 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from typing import Any, Sequence
+
+# Run as `python launch/roofline.py` too: the repository root holds the `launch` package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
