@@ -201,8 +201,10 @@ PATH_VQA_QUESTION_TYPES = {"CLOSED": "yes/no", "OPEN": "other"}
 
 def _typed_vqa_query(types: Mapping[str, str]):
   def query(r: Mapping) -> list[Segment]:
-    kind = types[str(r["answer_type"]).strip().upper()]
-    return [_q("Given "), _image(), _q(f". Q: {r['question'].strip()} ({kind})\n"), _cue()]
+    # A user's own question (inference on a JSONL line) may come without a question type.
+    kind = types.get(str(r.get("answer_type") or "").strip().upper())
+    suffix = f" ({kind})" if kind else ""
+    return [_q("Given "), _image(), _q(f". Q: {r['question'].strip()}{suffix}\n"), _cue()]
 
   return query
 

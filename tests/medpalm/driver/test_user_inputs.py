@@ -51,7 +51,13 @@ def test_a_user_line_gives_the_task_examples_model_inputs(env, tmp_path):
   records = readers.read_task("vqa_rad", "test", data_dir=env.root / "vqa_rad").records
   assert len(records) == len(want) >= 2
   lines = [
-      {"task": name, "id": r["id"], "question": r["question"], "image": r["image_path"]}
+      {
+          "task": name,
+          "id": r["id"],
+          "question": r["question"],
+          "answer_type": r["answer_type"],
+          "image": r["image_path"],
+      }
       for r in records
   ]
   path = tmp_path / "questions.jsonl"
