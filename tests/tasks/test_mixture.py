@@ -1,4 +1,4 @@
-"""Mixture `multimedbench`: the paper's Table A.1 rates (DESIGN.md §5), on demo_data fixtures."""
+"""Mixture `multimedbench`: the paper's Table A.1 rates, on demo_data fixtures."""
 
 import collections
 
@@ -9,7 +9,7 @@ import seqio
 from tasks import multimedbench
 from tests.support.tasks_env import LONG, PREFIX
 
-# DESIGN.md §5 / the paper's Table A.1, in percent. CBIS-DDSM's 1.56 % is split by the paper's
+# The paper's Table A.1, in percent. CBIS-DDSM's 1.56 % is split by the paper's
 # training sizes: mass 1,318, calcification 1,544.
 PAPER = {
     "mimic_cxr_report": 59.90,
