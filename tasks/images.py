@@ -1,7 +1,7 @@
 """Image decoding and preprocessing for MultiMedBench: files → ``uint8[224, 224, 3]``.
 
-The model takes ``uint8[B, N, 224, 224, 3]`` and normalises inside (one place for the ViT's pixel scaling), so this module
-ends at uint8 RGB. Steps, the same for every dataset:
+The model takes ``uint8[B, N, 224, 224, 3]`` and normalises inside (one place for the ViT's
+pixel scaling), so this module ends at uint8 RGB. Steps, the same for every dataset:
 
 1. decode: PNG/JPEG with Pillow; DICOM with pydicom (compressed transfer syntaxes through its decoder
    plug-ins: Pillow for 8-bit JPEG and some JPEG 2000; pylibjpeg, pinned with medpalm, for JPEG
