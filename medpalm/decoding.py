@@ -86,17 +86,25 @@ def temperature_sample(
     eos_id: int,
     rng: Array | None = None,
     num_decodes: int = 1,
-    temperature: float = 1.0,
+    temperature: float = 0.0,
     topk: int = 0,
     topp: float = 0.0,
 ) -> tuple[Array, Array]:
-  """Sampling (greedy when `temperature == 0` or `rng is None`).
+  """Greedy decoding (`temperature == 0`, the default: the paper's decoding) or sampling at
+  `temperature > 0` from `rng`, which sampling then requires.
 
   Returns (decodes int32[B, num_decodes, L], scores float32[B, num_decodes]).
   """
   if num_decodes < 1:
     raise ValueError(f"num_decodes must be >= 1, got {num_decodes}")
-  greedy = rng is None or temperature == 0.0
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  greedy = temperature == 0.0
+  if not greedy and rng is None:
+    raise ValueError(
+        f"sampling at temperature {temperature} needs an rng (predict_batch(..., rng=key)); "
+        "temperature 0 decodes greedily"
+    )
   batch = start.logits.shape[0]
   logits = jnp.repeat(start.logits, num_decodes, axis=0)
   cache = _repeat(start.cache, num_decodes, start.cache_batch_axis)

@@ -29,7 +29,14 @@ def gcs(tmp_path_factory, monkeypatch):
   (gs://bucket/... through etils.epath, orbax and tensorstore). Stopped at the end."""
   from tests.support.gcs import fake_gcs
 
+  from tests.support.gcs import reset_gcs_clients
+
   with fake_gcs(tmp_path_factory.mktemp("gcs")) as env:
     for name, value in env.items():
       monkeypatch.setenv(name, value)
-    yield env
+    reset_gcs_clients()
+    try:
+      yield env
+    finally:
+      monkeypatch.undo()
+      reset_gcs_clients()

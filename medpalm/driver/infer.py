@@ -92,8 +92,12 @@ def infer(
     inputs_file: str | None = None,
     decoder_params: Mapping | None = None,
     params_dtype=None,
+    seed: int = 0,
 ) -> list[str]:
   """Writes `<output_dir>/<task or file stem>-<step>.jsonl` (local or gs://); returns the paths.
+
+  Decoding follows the model's decode function and `decoder_params` (greedy by default); a
+  sampling temperature draws from `seed`, a key per batch, so a rerun writes the same samples.
 
   With `inputs_file`, each line is rendered through the task it names (default:
   `dataset_cfg.mixture_or_task_name`), so no dataset is read or needs preparing.
@@ -117,11 +121,13 @@ def infer(
       partitioner, dataset_cfg.batch_size, params_axes, validate=model.validate_batch
   )
 
-  def predict(params, batch):
-    decodes, aux = model.predict_batch_with_aux(params, batch, decoder_params=decoder_params)
+  def predict(params, batch, rng):
+    decodes, aux = model.predict_batch_with_aux(
+        params, batch, rng=rng, decoder_params=decoder_params
+    )
     return decodes, aux["scores"]
 
-  step_fn = runner.compile(predict)
+  step_fn = runner.compile(predict, num_replicated=1)
   lengths = dict(dataset_cfg.task_feature_lengths)
   converter = model.FEATURE_CONVERTER_CLS(pack=False)
   sources = {}
@@ -138,9 +144,13 @@ def infer(
       ds = task.get_dataset(lengths, split=dataset_cfg.split, shuffle=False, num_epochs=1)
       sources[task.name] = converter(ds, lengths).enumerate()
   paths = []
-  for name, ds in sources.items():
+  for s, (name, ds) in enumerate(sources.items()):
+    source_key = jax.random.fold_in(jax.random.key(seed), s)
+    batch_key = lambda n: (jax.random.fold_in(source_key, n),)  # each batch samples afresh
     rows = []
-    for indices, batch, (decodes, scores) in runner.map(ds, params, step_fn, name=f"infer {name}"):
+    for indices, batch, (decodes, scores) in runner.map(
+        ds, params, step_fn, name=f"infer {name}", replicated=batch_key
+    ):
       for r, index in enumerate(indices):
         if index < 0:
           continue

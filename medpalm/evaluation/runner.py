@@ -79,17 +79,22 @@ class BatchRunner:
     self.validate = validate
     self.layout = partitioner.get_data_layout(batch_size)
 
-  def compile(self, fn: Callable[[Any, Batch], Any]) -> PartitionedFn:
-    """`fn` jitted with the params' shardings, the batch split over the data axes."""
+  def compile(self, fn: Callable[..., Any], num_replicated: int = 0) -> PartitionedFn:
+    """`fn(params, batch, *replicated)` jitted with the params' shardings, the batch split over
+    the data axes and `num_replicated` further arguments (e.g. a sampling key) replicated."""
     return self.partitioner.partition(
         fn,
-        in_axis_resources=(self.params_axes, self.partitioner.data_partition_spec),
+        in_axis_resources=(
+            self.params_axes,
+            self.partitioner.data_partition_spec,
+            *([None] * num_replicated),
+        ),
         out_axis_resources=None,
     )
 
-  def run(self, step: PartitionedFn, params, batch: Batch) -> Any:
+  def run(self, step: PartitionedFn, params, batch: Batch, *replicated) -> Any:
     """Outputs of `step` (numpy, every row) for a global host batch (every process passes the
-    same one; each feeds its own rows)."""
+    same one; each feeds its own rows); `replicated` are step's further arguments."""
     if self.validate is not None:
       self.validate(batch)
     rows = next(iter(batch.values())).shape[0]
@@ -100,7 +105,7 @@ class BatchRunner:
     local = rows // self.layout.num_shards
     cut = slice(self.layout.shard_id * local, (self.layout.shard_id + 1) * local)
     host = {k: np.asarray(v)[cut] for k, v in batch.items()}
-    out = step(params, self.partitioner.host_local_to_global(host))
+    out = step(params, self.partitioner.host_local_to_global(host), *replicated)
     return jax.tree.map(np.asarray, jax.device_get(out))
 
   def map(
@@ -109,18 +114,21 @@ class BatchRunner:
       params,
       step: PartitionedFn,
       name: str = "batches",
+      replicated: Callable[[int], tuple] | None = None,
   ) -> Iterator[tuple[np.ndarray, dict, Any]]:
     """(indices int[B], host batch, outputs) for every padded batch of `ds` (index -1: padding).
 
-    Progress (examples done / total, rate, ETA) is printed under `name` every 10 batches.
+    `replicated(n)` gives batch n's further step arguments (e.g. its own sampling key). Progress
+    (examples done / total, rate, ETA) is printed under `name` every 10 batches.
     """
     total = None
     if hasattr(ds, "cardinality"):
       known = int(ds.cardinality())
       total = known if known >= 0 else None
     progress = Progress(name, total, every=10 * self.batch_size)
-    for indices, batch in padded_batches(ds, self.batch_size):
-      yield indices, batch, self.run(step, params, batch)
+    for n, (indices, batch) in enumerate(padded_batches(ds, self.batch_size)):
+      extra = replicated(n) if replicated is not None else ()
+      yield indices, batch, self.run(step, params, batch, *extra)
       progress.update(int(np.sum(indices >= 0)))
     progress.finish()
 

@@ -190,6 +190,8 @@ def test_sharded_decoding_matches_unsharded(setup):
     [
         (dict(decoder_params={"temprature": 0.5}), r"\['temprature'\] not accepted"),
         (dict(num_decodes=0), "num_decodes must be >= 1"),
+        (dict(decoder_params={"temperature": 0.7}), r"sampling at temperature 0.7 needs an rng"),
+        (dict(decoder_params={"temperature": -1.0}), "temperature must be >= 0"),
         (dict(decoder_params={"max_decode_length": 12}), "prompt of 14 positions leaves no room"),
     ],
 )
@@ -260,7 +262,8 @@ def test_decodes_never_hold_the_image_placeholder_or_padded_vocabulary_rows(setu
     lengths = jnp.sum(batch["decoder_causal_attention"], 1)
     raw = np.asarray(jnp.argmax(model.prefill(boosted, batch, 24, lengths).logits, -1))
     assert set(raw.tolist()) <= {config.image_token_id, padded}  # unmasked, they would win
-    decodes, _ = model.predict_batch_with_aux(boosted, batch, rng=rng)
+    sample = {} if rng is None else {"temperature": 1.0}
+    decodes, _ = model.predict_batch_with_aux(boosted, batch, rng=rng, decoder_params=sample)
     decodes = np.asarray(decodes)
     assert decodes.any()
     assert not np.isin(decodes, [config.image_token_id]).any()

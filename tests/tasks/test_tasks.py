@@ -244,16 +244,44 @@ def test_tokens_decode_to_the_papers_prompt(env, task):
   module = readers.TASK_READERS[task][0]
   ddir = env.root / readers.get_module(module).DATASET_DIR
   train = readers.read_task(task, "train", data_dir=ddir).records
+  # Exemplars come from the task's pool: its training records in the order the task reads them
+  # (prepared records for image tasks), less those held out for train-eval where the dataset
+  # has no validation split.
+  cfg = multimedbench.task_config(env.name(task))
+  pool = list(multimedbench._exemplar_pool(cfg)[0])
+  assert {r["id"] for r in pool} <= {r["id"] for r in train}
+  if multimedbench.train_eval_source(task) == "train" and pool:
+    held = multimedbench._read_records(cfg, multimedbench.TRAIN_EVAL)[0]
+    assert not {r["id"] for r in held} & {r["id"] for r in pool}
+  train = pool
   test = {str(r["id"]): r for r in readers.read_task(task, "test", data_dir=ddir).records}
-  examples = _examples(env, task)
-  assert examples and len(examples) == len(test)
+  rows = _examples(env, task)
   v = env.vocabulary
+  options = multimedbench.rank_options(env.name(task))
+  if options:  # one row per (example, class option), example-major, scored by rank
+    assert len(rows) == len(test) * len(options)
+    examples = rows[:: len(options)]
+    for i, ex in enumerate(examples):
+      group = rows[i * len(options) : (i + 1) * len(options)]
+      gold = ex["targets_pretokenized"].decode()
+      assert [r["idx"].tolist() for r in group] == [[i, k] for k in range(len(options))]
+      for k, (row, option) in enumerate(zip(group, options)):
+        assert row["id"] == ex["id"] and np.array_equal(row["inputs"], ex["inputs"])
+        option = prompts.with_period(option)
+        assert row["targets"].tolist() == v.encode(" " + option) + [v.eos_id]
+        assert bool(row["is_correct"]) == (option == gold)
+      assert sum(bool(r["is_correct"]) for r in group) == 1
+  else:
+    examples = rows
+  assert examples and len(examples) == len(test)
   ph = v.image_placeholder_id
   for ex in examples:
     expected = prompts.render(task, test[ex["id"].decode()], train)
     text = v.decode(ex["inputs"].tolist())
     assert text == expected.text() == ex["inputs_pretokenized"].decode()
-    assert v.decode(ex["targets"].tolist()) == " " + expected.target
+    assert ex["targets_pretokenized"].decode() == expected.target
+    if not options:
+      assert v.decode(ex["targets"].tolist()) == " " + expected.target
     assert expected.target.endswith(".")
     where = np.flatnonzero(ex["inputs"] == ph)
     if template.has_image:  # one run of placeholders exactly where the query's <img> was
