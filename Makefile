@@ -1,5 +1,6 @@
 # make demo   -> runs the demo (tiny model) on this machine's CPU
-# make test   -> runs the test suite (markers slow, oracle, tpu_backend, t5x included; `long` not)
+# make test   -> runs the test suite on 2 worker processes, a test file per worker (markers slow,
+#                oracle, tpu_backend, t5x included; `long` not)
 # make test-long -> the end-to-end runs of whole binaries marked `long` (minutes each)
 # make lint   -> the style check CI runs first (pyink formatting, ruff: unused imports / names)
 # make format -> applies the formatter
@@ -13,7 +14,7 @@ demo: venv
 	PY=$(PY) bash launch/demo.sh
 
 test: venv
-	$(PY) -m pytest -q tests -m "not long"
+	$(PY) -m pytest -q -n 2 --dist loadfile tests -m "not long"
 
 test-long: venv
 	$(PY) -m pytest -q tests -m long

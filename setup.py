@@ -64,6 +64,8 @@ setuptools.setup(
         # Numerical oracles: transformers' reference implementations, CPU torch only.
         "test": [
             "pytest>=9",
+            # Runs the suite on both cores of a CI machine (`make test`: -n 2).
+            "pytest-xdist==3.8.0",
             "dill",
             "torch==2.13.0",
             "transformers>=5.24,<6",

@@ -25,8 +25,16 @@ def test_every_parameter_maps_to_a_sharding(name):
   shardings = partitioning.mesh_shardings(_abstract(configs.get_config(name)), mesh)
   leaves = jax.tree.leaves(shardings)
   assert leaves and all(isinstance(s, jax.sharding.NamedSharding) for s in leaves)
-  big = shardings["params"]["decoder"]["stack"]["layers"]["mlp"]["wi_0"]["kernel"]
-  assert big.spec == jax.sharding.PartitionSpec(None, "fsdp", "model")
+  # Every MLP input kernel [layers, embed, mlp]: one per block of a repeating local/global layer
+  # pattern (Gemma 2 / 3), and the remainder's blocks where the depth is no multiple of it.
+  kernels = {
+      jax.tree_util.keystr(path): s
+      for path, s in jax.tree_util.tree_leaves_with_path(shardings["params"]["decoder"])
+      if jax.tree_util.keystr(path).endswith("['mlp']['wi_0']['kernel']")
+  }
+  assert kernels
+  for key, big in kernels.items():
+    assert big.spec == jax.sharding.PartitionSpec(None, "fsdp", "model"), key
 
 
 def test_unmapped_logical_axis_names_the_parameter():

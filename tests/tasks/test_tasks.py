@@ -42,13 +42,18 @@ def test_import_registers_the_14_tasks_and_mixtures():
   assert set(tasks.TASK_NAMES) == expected
   for name in expected | {"multimedbench", "multimedbench_eval", "multimedbench_demo"}:
     assert seqio.get_mixture_or_task(name) is not None
+  # The official splits, and train_eval for every task (VQA-RAD has no validation split: its
+  # train_eval is a held-out slice of train, which training then does not see).
   task = seqio.get_mixture_or_task("multimedbench_vqa_rad")
-  assert task.splits == ("train", "test")
+  assert task.splits == ("train", "test", multimedbench.TRAIN_EVAL)
+  assert multimedbench.train_eval_source("vqa_rad") == "train"
   assert seqio.get_mixture_or_task("multimedbench_mimic_cxr_report").splits == (
       "train",
       "validation",
       "test",
+      multimedbench.TRAIN_EVAL,
   )
+  assert multimedbench.train_eval_source("mimic_cxr_report") == "validation"
 
 
 def test_placeholder_id_is_outside_the_pieces(env):

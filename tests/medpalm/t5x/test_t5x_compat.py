@@ -37,13 +37,26 @@ def _t5x():
   return t5x
 
 
-def test_adafactor_is_optax_adafactor_and_a_t5x_optimizer_def():
+@pytest.fixture
+def optimizers_after_t5x():
+  """medpalm.optimizers executed again with T5X already imported, as under T5X's binaries; the
+  module's original objects are put back afterwards (gin has registered them, and later tests
+  hold instances of its classes)."""
+  _t5x()
+  saved = dict(optimizers.__dict__)
+  try:
+    yield importlib.reload(optimizers)
+  finally:
+    optimizers.__dict__.clear()
+    optimizers.__dict__.update(saved)
+
+
+def test_adafactor_is_optax_adafactor_and_a_t5x_optimizer_def(optimizers_after_t5x):
   """One definition: the paper's Adafactor update equals optax.adafactor's step for step, and
   the same object is a t5x OptimizerDef (create / apply_gradient with T5X's per-step rate /
   state_dict round trip / derive_logical_axes)."""
   t5x = _t5x()
-  # Under T5X's binaries t5x is imported before medpalm's optimizers: load them in that order.
-  importlib.reload(optimizers)
+  optimizers = optimizers_after_t5x
   assert isinstance(optimizers.adafactor(), t5x.optimizers.OptimizerDef)
   params = {"wi": jnp.full((2, 256, 512), 0.1), "scale": jnp.ones((3,))}
   grads = jax.tree.map(
@@ -131,7 +144,7 @@ def test_gin_rules_name_every_medpalm_axis(size):
 
 
 @pytest.mark.slow
-def test_vision_tower_kernels_are_sharded_under_t5x_partitioner():
+def test_vision_tower_kernels_are_sharded_under_t5x_partitioner(request):
   """T5X's PjitPartitioner with tiny.gin's rules on the 8-device CPU mesh: the train state's
   mesh axes (T5X's TrainStateInitializer, medpalm's optimizer deriving the optimizer state's
   axes) shard vit_* kernels, and their optimizer state follows them."""
@@ -139,7 +152,8 @@ def test_vision_tower_kernels_are_sharded_under_t5x_partitioner():
   from medpalm.model import MedPalmMModel
   import seqio
 
-  rules, _ = _gin_rules("gin_configs/t5x/tiny.gin")
+  rules, _ = _gin_rules("gin_configs/t5x/tiny.gin")  # gin registers the original optimizers
+  request.getfixturevalue("optimizers_after_t5x")  # T5X's OptimizerDef from here on
   config = configs.get_config("tiny", image_size=28)
   model = MedPalmMModel(
       medpalm_m.MedPalmM(config), seqio.PassThroughVocabulary(config.decoder.vocab_size)
