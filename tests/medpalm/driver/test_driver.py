@@ -108,6 +108,39 @@ def test_eval_and_infer_modes_read_a_checkpoint(trained, tmp_path):
   assert all(np.isfinite(r["score"]) and r["target"] in ([10, 1], [11, 1]) for r in rows)
 
 
+def test_infer_samples_from_its_seed(trained, tmp_path):
+  """At a sampling temperature, infer draws from `seed` (a key per batch): the same seed writes
+  the same tokens, another seed others; the default (temperature 0) is greedy."""
+  gin_dir = os.path.join(driver_setup.REPO, "gin_configs")
+
+  def predictions(name, *bindings):
+    run_main(
+        [
+            "--run_mode=infer",
+            f"--gin_file={gin_dir}/models/medpalm_m_tiny.gin",
+            f"--gin_file={gin_dir}/partitioning/cpu_test.gin",
+            f"--gin_file={gin_dir}/runs/infer.gin",
+            "--gin_bindings=" + driver_setup.GIN_HEADER + "\n".join(driver_setup.BINDINGS[:5]),
+            "--gin.MIXTURE_OR_TASK_MODULE='tests.support.driver'",
+            f"--gin.TASK_FEATURE_LENGTHS={driver_setup.LENGTHS}",
+            "--gin.BATCH_SIZE=8",
+            f"--gin.CHECKPOINT_PATH='{trained}'",
+            f"--gin.INFER_OUTPUT_DIR='{tmp_path / name}'",
+            "--gin.INFER_SPLIT='validation'",
+            *[f"--gin_bindings={b}" for b in bindings],
+        ]
+    )
+    rows = [json.loads(l) for l in open(tmp_path / name / "toy_images-4.jsonl")]
+    return [(r["prediction"], r["score"]) for r in rows]
+
+  hot = "infer_script.infer.decoder_params = {'temperature': 4.0}"
+  first = predictions("a", hot)
+  assert predictions("b", hot) == first
+  assert predictions("c", hot, "infer_script.infer.seed = 1") != first
+  greedy = predictions("greedy")
+  assert greedy != first and predictions("greedy_seed", "infer_script.infer.seed = 1") == greedy
+
+
 # --- the trainer on a fixed batch ------------------------------------------------------------
 
 
