@@ -29,7 +29,9 @@ import sys
 from typing import Any, Callable
 
 import flax.core
+import flax.serialization
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,6 +203,36 @@ class OptaxOptimizerDef(_Base):
         step=PartitionSpec(),
         param_states=self._param_state_axes(state_or_optimizer.param_states, param_axes, params),
     )
+
+  # -- checkpoints (T5X's Optimizer.state_dict / restore_state) --
+
+  def state_dict(self, target, state) -> dict:
+    """{"target", "state"} as nested dicts, without the empty nodes that stateless optax
+    transformations leave (`EmptyState`, `()`): a checkpoint stores no empty dict, so with them
+    the train state's own dict would not match one restored from a checkpoint."""
+    flat = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(state), sep="/")
+    return {
+        "target": flax.serialization.to_state_dict(target),
+        "state": flax.traverse_util.unflatten_dict(flat, sep="/"),
+    }
+
+  def restore_state(self, opt_target, opt_state, state_dict):
+    """(target, state) with the values of `state_dict`; the empty nodes `state_dict` leaves
+    out are taken from `opt_state`'s structure, any other missing entry is an error."""
+    target = flax.serialization.from_state_dict(opt_target, state_dict["target"])
+    empty = flax.traverse_util.empty_node
+    reference = flax.traverse_util.flatten_dict(
+        flax.serialization.to_state_dict(opt_state), keep_empty_nodes=True, sep="/"
+    )
+    given = flax.traverse_util.flatten_dict(state_dict["state"], sep="/")
+    missing = [k for k, v in reference.items() if k not in given and v is not empty]
+    if missing:
+      raise ValueError(f"optimizer state {missing[0]!r} is missing from the state dict")
+    merged = {**{k: v for k, v in reference.items() if v is empty}, **given}
+    state = flax.serialization.from_state_dict(
+        opt_state, flax.traverse_util.unflatten_dict(merged, sep="/")
+    )
+    return target, state
 
   if _T5X is None:
 

@@ -537,7 +537,11 @@ def _parse_image(size: int):
 
 
 def _constant(col: np.ndarray) -> tf.Tensor:
-  return tf.constant(col.tolist() if col.dtype == object else col)
+  """A table column as a tensor: object columns are strings, also when a split is empty (TF
+  would otherwise type an empty list float32)."""
+  if col.dtype == object:
+    return tf.constant(col.tolist(), dtype=tf.string, shape=col.shape)
+  return tf.constant(col)
 
 
 def _image_dataset(

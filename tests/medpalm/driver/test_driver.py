@@ -133,12 +133,12 @@ def test_infer_samples_from_its_seed(trained, tmp_path):
     rows = [json.loads(l) for l in open(tmp_path / name / "toy_images-4.jsonl")]
     return [(r["prediction"], r["score"]) for r in rows]
 
-  hot = "infer_script.infer.decoder_params = {'temperature': 4.0}"
+  hot = "DECODER_PARAMS = {'temperature': 4.0}"
   first = predictions("a", hot)
   assert predictions("b", hot) == first
-  assert predictions("c", hot, "infer_script.infer.seed = 1") != first
+  assert predictions("c", hot, "INFER_SEED = 1") != first
   greedy = predictions("greedy")
-  assert greedy != first and predictions("greedy_seed", "infer_script.infer.seed = 1") == greedy
+  assert greedy != first and predictions("greedy_seed", "INFER_SEED = 1") == greedy
 
 
 # --- the trainer on a fixed batch ------------------------------------------------------------
