@@ -185,16 +185,25 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
   params, step, axes = eval_lib.restore_params(
       model, checkpoints.RestoreCheckpointConfig(path=str(model_dir)), partitioner, cfg
   )
+  from tasks import multimedbench
+
   results = {}
   for name in names:
     task_cfg = data.DatasetConfig(**{**cfg.__dict__, "mixture_or_task_name": name})
+    examples = args.eval_examples if name in (IMAGE_TASK, blank) else args.other_examples
+    # A rank-classified task's test split holds one row per (example, class option), example
+    # by example: whole examples are the first examples × options rows.
+    try:
+      options = multimedbench.rank_options(name)
+    except KeyError:  # a task the demo registered itself (the blanked image task)
+      options = None
     evaluator = eval_lib.make_evaluator(
         task_cfg,
         model,
         partitioner,
         axes,
         output_dir=str(output / "results"),
-        num_examples=args.eval_examples if name in (IMAGE_TASK, blank) else args.other_examples,
+        num_examples=examples * (len(options) if options else 1),
     )
     if not evaluator.eval_tasks:
       continue

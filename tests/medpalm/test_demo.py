@@ -28,7 +28,7 @@ def test_shortened_demo_writes_its_report(tmp_path):
       "--batch_size",
       "8",
       "--eval_tasks",
-      "multimedbench_medqa",
+      "multimedbench_medqa,multimedbench_cbis_ddsm_mass",  # a rank-classified task too
   ]
   run = subprocess.run(
       argv,
@@ -44,6 +44,9 @@ def test_shortened_demo_writes_its_report(tmp_path):
   assert 0 <= image["accuracy"] <= 100 and 0 <= blank["accuracy"] <= 100
   assert metrics["summary"]["accuracy_with_images"] == image["accuracy"]
   assert "multimedbench_medqa" in metrics and "accuracy" in metrics["multimedbench_medqa"]
+  # Its first examples are whole (every class option scored), so its metrics are computed.
+  assert " failed: " not in run.stdout
+  assert "accuracy" in metrics["multimedbench_cbis_ddsm_mass"]
   report = (out / "report.md").read_text()
   assert "with blanked images" in report and "| multimedbench_medqa | MedQA | Accuracy |" in report
   # Synthetic fixtures, said at the top and right above the table; unscored tasks left out.

@@ -13,7 +13,7 @@ import transformers
 from tests.medpalm.test_convert_oracle import TEXT, _images, _pixel_values, _save
 from tests.support import driver as driver_setup
 
-pytestmark = [pytest.mark.oracle, pytest.mark.slow, pytest.mark.long]
+pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
 SCRIPT = """
 import pathlib, sys
