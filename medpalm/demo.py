@@ -147,6 +147,7 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
   from medpalm.evaluation import report
   from medpalm.model import MedPalmMModel
   from medpalm.partitioning import Partitioner
+  from medpalm import features
 
   gin.clear_config()
   main_lib.parse_gin(
@@ -185,25 +186,18 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
   params, step, axes = eval_lib.restore_params(
       model, checkpoints.RestoreCheckpointConfig(path=str(model_dir)), partitioner, cfg
   )
-  from tasks import multimedbench
-
   results = {}
   for name in names:
     task_cfg = data.DatasetConfig(**{**cfg.__dict__, "mixture_or_task_name": name})
     examples = args.eval_examples if name in (IMAGE_TASK, blank) else args.other_examples
-    # A rank-classified task's test split holds one row per (example, class option), example
-    # by example: whole examples are the first examples × options rows.
-    try:
-      options = multimedbench.rank_options(name)
-    except KeyError:  # a task the demo registered itself (the blanked image task)
-      options = None
     evaluator = eval_lib.make_evaluator(
         task_cfg,
         model,
         partitioner,
         axes,
         output_dir=str(output / "results"),
-        num_examples=examples * (len(options) if options else 1),
+        # Whole examples: a rank-classified task's split has a row per class option.
+        num_examples=examples * features.task_info(name).rows_per_example,
     )
     if not evaluator.eval_tasks:
       continue

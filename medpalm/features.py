@@ -67,10 +67,14 @@ class TaskInfo:
     rendered through the task's own prompt preprocessors and then `feature_converter` (the
     model's `FEATURE_CONVERTER_CLS(pack=False)`), so it is prompted exactly as training
     examples are. Raises ValueError naming a missing or bad field.
+  rows_per_example: rows of an evaluation split per source example (a rank-classified task
+    has one per class option, example by example; 1 otherwise), so the first N examples are
+    the first N × rows_per_example rows.
   """
 
   result_name: str
   render_user_record: Callable[..., dict] | None = None
+  rows_per_example: int = 1
 
 
 _TASK_INFO: dict[str, TaskInfo] = {}
@@ -81,12 +85,10 @@ def register_task_info(
     *,
     result_name: str | None = None,
     render_user_record: Callable[..., dict] | None = None,
+    rows_per_example: int = 1,
 ) -> None:
   """Called by the module that registers the SeqIO task (`tasks`), beside the registration."""
-  _TASK_INFO[task_name] = TaskInfo(
-      result_name or task_name,
-      render_user_record,
-  )
+  _TASK_INFO[task_name] = TaskInfo(result_name or task_name, render_user_record, rows_per_example)
 
 
 def task_info(task_name: str) -> TaskInfo:

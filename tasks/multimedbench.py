@@ -828,6 +828,7 @@ def register(
       cfg.name,
       result_name=canonical_name(cfg.task),
       render_user_record=functools.partial(render_user_record, cfg, vocabulary),
+      rows_per_example=len(options) if options else 1,
   )
   return seqio.TaskRegistry.add(
       cfg.name,

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import tasks
 from tasks import features, multimedbench, preprocessors, prepare, prompts, readers, vocab
+from medpalm import features as medpalm_features
 from tasks.prompts import Role
 from tests.support.tasks_env import IMAGE_SIZE, LONG, NUM_IMAGE_TOKENS
 
@@ -263,6 +264,8 @@ def test_tokens_decode_to_the_papers_prompt(env, task):
   rows = _examples(env, task)
   v = env.vocabulary
   options = multimedbench.rank_options(env.name(task))
+  rows_per_example = medpalm_features.task_info(env.name(task)).rows_per_example
+  assert rows_per_example == (len(options) if options else 1)
   if options:  # one row per (example, class option), example-major, scored by rank
     assert len(rows) == len(test) * len(options)
     examples = rows[:: len(options)]
