@@ -161,9 +161,10 @@ def data_config(
 # The split evaluated during training (loss and inference metrics every EVAL_PERIOD steps).
 # Every task has one: the dataset's official validation split where it has one, otherwise a
 # fixed held-out slice of its training split (then left out of "train"): HOLDOUT_FRACTION of the
-# training images (or records, for text tasks), at least HOLDOUT_MIN and at most a quarter, chosen by
-# a hash of the task and the image key / record id, so the slice never changes and never shares
-# an image with training.
+# training images (or records, for text tasks), at least HOLDOUT_MIN and at most a quarter (one
+# where there are 2 to 7, so that small datasets are evaluated too), chosen by a hash of the task
+# and the image key / record id, so the slice never changes and never shares an image with
+# training.
 TRAIN_EVAL = "train_eval"
 HOLDOUT_FRACTION = 0.02
 HOLDOUT_MIN = 64
@@ -196,7 +197,8 @@ def holdout(task: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
   """(training records, held-out records) of a split without an official validation split."""
   group = lambda r: str(r.get("image_key") or r["id"])
   keys = sorted({group(r) for r in records}, key=lambda k: prompts._hash64(task, "holdout", k))
-  count = min(max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * len(keys))), len(keys) // 4)
+  most = max(1, len(keys) // 4) if len(keys) > 1 else 0  # never the whole split
+  count = min(max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * len(keys))), most)
   held = set(keys[:count])
   return [r for r in records if group(r) not in held], [r for r in records if group(r) in held]
 

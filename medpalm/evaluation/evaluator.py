@@ -110,6 +110,7 @@ class Evaluator:
         use_cached=use_cached,
         async_compute_metrics=False,
     )
+    self._leave_out_empty_tasks(mixture_or_task_name, split)
     self.names = {t.name: features.task_info(t.name).result_name for t in self.eval_tasks}
     values = list(self.names.values())
     clashes = sorted({n for n in values if values.count(n) > 1})
@@ -136,6 +137,23 @@ class Evaluator:
   @property
   def eval_tasks(self) -> Sequence[seqio.Task]:
     return self._evaluator.eval_tasks
+
+  def _leave_out_empty_tasks(self, mixture_or_task_name: str, split: str) -> None:
+    """Drops the tasks whose split has no example (a small dataset's held-out slice can be
+    empty), saying which: SeqIO would fail on them with an unpacking error in the middle of an
+    evaluation. The cached datasets' cardinality is known once SeqIO has cached them."""
+    cached = self._evaluator.cached_task_datasets if self.eval_tasks else {}
+    empty = [t.name for t in self.eval_tasks if int(cached[t.name].cardinality()) == 0]
+    if empty:
+      logger.warning(
+          "%s: left out %d task(s) with no example in split %r: %s",
+          mixture_or_task_name,
+          len(empty),
+          split,
+          ", ".join(empty),
+      )
+      # seqio.Evaluator evaluates the list its `eval_tasks` returns.
+      self._evaluator.eval_tasks[:] = [t for t in self.eval_tasks if t.name not in empty]
 
   def evaluate(self, params, step: int = 0) -> dict[str, dict[str, Any]]:
     """{result name: {metric: value}} (values as the metric functions return them; NaN with a

@@ -92,6 +92,13 @@ class BatchRunner:
         out_axis_resources=None,
     )
 
+  def place(self, params) -> Any:
+    """`params` in the shardings the compiled steps take (a no-op for params already there):
+    params restored or computed elsewhere (numpy, one device, another mesh) are accepted."""
+    if self.params_axes is None:
+      return jax.device_put(params, self.partitioner.sharding(None))
+    return jax.device_put(params, self.partitioner.shardings(self.params_axes))
+
   def run(self, step: PartitionedFn, params, batch: Batch, *replicated) -> Any:
     """Outputs of `step` (numpy, every row) for a global host batch (every process passes the
     same one; each feeds its own rows); `replicated` are step's further arguments."""
@@ -126,6 +133,7 @@ class BatchRunner:
       known = int(ds.cardinality())
       total = known if known >= 0 else None
     progress = Progress(name, total, every=10 * self.batch_size)
+    params = self.place(params)
     for n, (indices, batch) in enumerate(padded_batches(ds, self.batch_size)):
       extra = replicated(n) if replicated is not None else ()
       yield indices, batch, self.run(step, params, batch, *extra)

@@ -57,6 +57,18 @@ def test_import_registers_the_14_tasks_and_mixtures():
   assert multimedbench.train_eval_source("mimic_cxr_report") == "validation"
 
 
+@pytest.mark.parametrize("images, held", [(1, 0), (2, 1), (7, 1), (8, 2), (300, 64), (5000, 100)])
+def test_holdout_size_and_grouping_by_image(images, held):
+  """2 % of the images, at least 64, at most a quarter, and one where there are 2 to 7 (small
+  datasets are evaluated too); never the only image; all questions of an image on one side."""
+  records = [{"id": f"{i}-{q}", "image_key": f"img{i}"} for i in range(images) for q in range(3)]
+  train, heldout = multimedbench.holdout("vqa_rad", records)
+  assert len({r["image_key"] for r in heldout}) == held and len(heldout) == 3 * held
+  assert not {r["image_key"] for r in train} & {r["image_key"] for r in heldout}
+  assert len(train) + len(heldout) == len(records)
+  assert multimedbench.holdout("vqa_rad", records) == (train, heldout)  # fixed, not random
+
+
 def test_placeholder_id_is_outside_the_pieces(env):
   v = env.vocabulary
   pieces = v.tokenizer.GetPieceSize()

@@ -272,3 +272,35 @@ def test_evaluation_writes_every_task_and_the_report(setup, tmp_path):
       assert report.our_value(loaded, task, row.metric)[1] != report.MISSING, (task, row.metric)
   assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
   assert os.path.getsize(chart) > 1000
+
+
+def test_a_task_without_examples_in_the_split_is_left_out_saying_so(setup, caplog):
+  """A small dataset's held-out slice can be empty: that task is left out with a warning naming
+  it, and the others are evaluated (SeqIO itself fails on an empty task mid-evaluation)."""
+  _, model, params, runner = setup
+  medqa = seqio.get_mixture_or_task(f"{PREFIX}_medqa")
+  empty = f"{PREFIX}_medqa_without_examples"
+  seqio.TaskRegistry.remove(empty)
+  seqio.TaskRegistry.add(
+      empty,
+      source=medqa.source,
+      preprocessors=[lambda ds: ds.take(0), *medqa.preprocessors],
+      output_features=medqa.output_features,
+      metric_fns=medqa.metric_fns,
+  )
+  mixture = f"{PREFIX}_with_an_empty_task"
+  seqio.MixtureRegistry.remove(mixture)
+  seqio.MixtureRegistry.add(mixture, [f"{PREFIX}_pubmedqa", empty], default_rate=1.0)
+  with caplog.at_level("WARNING", logger="medpalm"):
+    results = evaluation.evaluate(
+        model,
+        params,
+        mixture,
+        split="test",
+        sequence_length=LENGTHS,
+        batch_size=8,
+        partitioner=runner.partitioner,
+    )
+  assert list(results) == ["multimedbench_pubmedqa"]
+  assert results["multimedbench_pubmedqa"]["accuracy"] >= 0.0
+  assert f"left out 1 task(s) with no example in split 'test': {empty}" in caplog.text

@@ -244,6 +244,7 @@ def test_t5x_infer_writes_jsonl_without_image_placeholders(env, trained, mode):
       "infer",
       "infer",
       a,
+      f"CHECKPOINT_PATH='{a / f'checkpoint_{_steps(a)[-1]}'}'",
       f"INFER_OUTPUT_DIR='{out}'",
       "MIXTURE_OR_TASK_NAME='multimedbench_vqa_rad'",
       f"INFER_MODE='{mode}'",
