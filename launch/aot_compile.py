@@ -159,7 +159,10 @@ def make_plan(
     )
   vocabulary = types.SimpleNamespace(eos_id=1)  # training reads nothing else from it
   model = model_lib.MedPalmMModel(
-      MedPalmM(config), vocabulary, optimizer_def=optimizers.adafactor(learning_rate)
+      MedPalmM(config),
+      vocabulary,
+      optimizer_def=optimizers.adafactor(learning_rate),
+      loss_positions=targets_length,  # as gin_configs/runs/train.gin trains
   )
   shapes, dtypes = batch_features(config, batch_size, inputs_length + targets_length)
   # eval_shape, outside any TPU mesh context: no array is created on the compile-only devices.

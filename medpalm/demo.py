@@ -257,7 +257,8 @@ def main(argv=None) -> int:
   gin.clear_config()
   extra = bindings(model_dir, args) + [
       f"TASK_FEATURE_LENGTHS = {{'inputs': {args.inputs_length}, 'targets': {TARGETS_LENGTH}, "
-      f"'images': 1, 'image_mask': 1}}"
+      f"'images': 1, 'image_mask': 1}}",
+      f"LOSS_POSITIONS = {TARGETS_LENGTH}",
   ]
   main_lib.main(
       [

@@ -34,6 +34,17 @@ def cross_entropy_with_logits(
   return loss + z, z
 
 
+def weighted_positions(weights: jax.Array, count: int) -> jax.Array:
+  """int32[B, count]: each row's positions of nonzero weight, in order, then positions of weight
+  zero (so a row with fewer than `count` weighted positions is padded with weight-0 ones).
+
+  Training computes logits only there (`MedPalmMModel.loss_positions`); a row with more than
+  `count` weighted positions would lose the rest, which the host-side batch check refuses.
+  """
+  order = jnp.argsort(weights <= 0, axis=1, stable=True)  # weighted first, each in position order
+  return order[:, :count].astype(jnp.int32)
+
+
 def loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
   """float32[B, T]: `decoder_loss_weights`, or 1 on every non-padding target token."""
   weights = batch.get("decoder_loss_weights")

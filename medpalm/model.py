@@ -7,6 +7,12 @@ surface. Differences from T5X's decoder-only model, all forced by images:
 - the prompt is prefilled once, images included (the ViT runs there), and `decode_fn` extends
   the KV cache from there (see `medpalm.decoding`).
 
+With `loss_positions=K` the loss and its gradient are computed from the logits of each row's
+first K weighted positions only (K = the targets' feature length covers every unpacked batch):
+the same numbers as over all T positions, without the output head and the softmax over the
+T - K prompt positions that carry no loss. The host-side batch check refuses a row with more
+than K weighted positions.
+
 Loss normalization is T5X's: with `loss_normalizing_factor=None` the loss is the *sum* of the
 weighted per-token cross-entropies of the batch; a number divides that sum by it;
 "NUM_REAL_TARGET_TOKENS" divides by the sum of `decoder_loss_weights` (a per-token mean).
@@ -70,6 +76,7 @@ class MedPalmMModel:
       label_smoothing: float = 0.0,
       loss_normalizing_factor: float | str | None = None,
       prefix_bidirectional: bool = False,
+      loss_positions: int | None = None,
   ):
     if isinstance(loss_normalizing_factor, str) and (
         loss_normalizing_factor not in losses.NORMALIZING_FACTORS
@@ -86,6 +93,11 @@ class MedPalmMModel:
     self._label_smoothing = label_smoothing
     self._loss_normalizing_factor = loss_normalizing_factor
     self.prefix_bidirectional = prefix_bidirectional
+    if loss_positions is not None and loss_positions < 1:
+      raise ValueError(
+          f"loss_positions must be >= 1 (or None: every position), got {loss_positions}"
+      )
+    self.loss_positions = loss_positions
 
   # Properties T5X reads.
   input_vocabulary = property(lambda self: self._vocabulary)
@@ -107,6 +119,18 @@ class MedPalmMModel:
         None if batch.get("images") is None else np.asarray(batch["images"]),
         None if batch.get("image_mask") is None else np.asarray(batch["image_mask"]),
     )
+    if self.loss_positions is not None and "decoder_target_tokens" in batch:
+      weights = batch.get("decoder_loss_weights")
+      weighted = np.asarray(batch["decoder_target_tokens"] if weights is None else weights) > 0
+      counts = weighted.sum(axis=1)
+      if counts.max(initial=0) > self.loss_positions:
+        row = int(np.argmax(counts))
+        raise ValueError(
+            f"batch row {row} has {int(counts[row])} positions with a loss weight "
+            f"(decoder_loss_weights) but the model computes logits at loss_positions="
+            f"{self.loss_positions}: set MedPalmMModel.loss_positions to at least the targets' "
+            f"feature length"
+        )
 
   def _inputs(self, batch: Mapping[str, jax.Array]) -> dict:
     """The module's keyword inputs from a feature-converted batch."""
@@ -121,11 +145,16 @@ class MedPalmMModel:
 
   def _compute_logits(self, params, batch, dropout_rng=None, mutable=False, other_variables=None):
     """float32[B, T, V] logits (dropout on when `dropout_rng` is given)."""
+    return self._apply(params, batch, dropout_rng, mutable, other_variables)
+
+  def _apply(self, params, batch, dropout_rng=None, mutable=False, other_variables=None, **kwargs):
+    """The module on a feature-converted batch; `kwargs` go to `MedPalmM.__call__`."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
         {"params": params, **(other_variables or {})},
         batch["decoder_input_tokens"],
         **self._inputs(batch),
+        **kwargs,
         enable_dropout=dropout_rng is not None,
         rngs=rngs,
         mutable=mutable,
@@ -135,9 +164,16 @@ class MedPalmMModel:
 
   def loss_fn(self, params, batch, dropout_rng):
     """(loss, metrics) with metrics named as T5X names them (clu metrics, mergeable)."""
-    logits = self._compute_logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = losses.loss_weights(batch)
+    num_tokens = targets.size  # the batch's, whether or not only the loss positions are computed
+    if self.loss_positions is not None and self.loss_positions < targets.shape[1]:
+      positions = losses.weighted_positions(weights, self.loss_positions)
+      targets = jnp.take_along_axis(targets, positions, axis=1)
+      weights = jnp.take_along_axis(weights, positions, axis=1)
+      logits = self._apply(params, batch, dropout_rng, logit_positions=positions)
+    else:
+      logits = self._compute_logits(params, batch, dropout_rng)
     token_loss, token_z = losses.cross_entropy_with_logits(
         logits, targets, self._z_loss, self._label_smoothing
     )
@@ -145,14 +181,17 @@ class MedPalmMModel:
     if factor == "NUM_REAL_TARGET_TOKENS":
       factor = jnp.maximum(jnp.sum(weights), 1.0)
     elif factor == "NUM_TOTAL_TARGET_TOKENS":
-      factor = jnp.float32(np.prod(targets.shape))
+      factor = jnp.float32(num_tokens)
     normalize = (lambda x: x) if factor is None else (lambda x: x / factor)
     loss = normalize(jnp.sum(token_loss * weights))
     z_loss = normalize(jnp.sum(token_z * weights))
-    return loss, self._metrics(logits, targets, weights, token_loss - token_z, loss, z_loss)
+    metrics = self._metrics(
+        logits, targets, weights, token_loss - token_z, loss, z_loss, num_tokens
+    )
+    return loss, metrics
 
   @staticmethod
-  def _metrics(logits, targets, weights, token_ce, loss, z_loss) -> dict:
+  def _metrics(logits, targets, weights, token_ce, loss, z_loss, num_tokens) -> dict:
     average = lambda total, count: clu_metrics.Average(
         total=jnp.asarray(total, jnp.float32), count=jnp.asarray(count, jnp.int32)
     )
@@ -164,8 +203,8 @@ class MedPalmMModel:
         "cross_ent_loss": average(loss - z_loss, 1),
         "accuracy": average(jnp.sum(correct), nonpadding),
         "loss_per_nonpadding_target_token": average(jnp.sum(token_ce * weights), nonpadding),
-        "loss_per_all_target_tokens": average(jnp.sum(token_ce * weights), targets.size),
-        "non_padding_fraction/loss_weights": average(jnp.sum(weights > 0), weights.size),
+        "loss_per_all_target_tokens": average(jnp.sum(token_ce * weights), num_tokens),
+        "non_padding_fraction/loss_weights": average(jnp.sum(weights > 0), num_tokens),
     }
 
   def eval_fn(self, params, batch):

@@ -116,6 +116,7 @@ class MedPalmM(nn.Module):
       prefill: bool = False,
       max_decode_length: int | None = None,
       prompt_lengths: Array | None = None,
+      logit_positions: Array | None = None,
   ) -> Array:
     """Logits float32[B, T, vocab] of the multimodal sentence (T5X's decoder-only signature).
 
@@ -128,6 +129,8 @@ class MedPalmM(nn.Module):
     `decoder_positions: int32[B, 1]` and attends to the cache up to that position.
     `prompt_lengths` (int32[B], prefill only): each row's real prompt length, which the
     sliding-window layers' ring buffers need to keep the right keys (default: the whole row).
+    `logit_positions` (int32[B, K]): logits float32[B, K, vocab] at those positions only (the
+    loss positions of training), which spares the output head the other T - K rows.
     """
     c = self.config
     tokens = decoder_input_tokens
@@ -176,6 +179,7 @@ class MedPalmM(nn.Module):
         mode=mode,
         cache_length=cache_length,
         prompt_lengths=prompt_lengths if prefill else None,
+        logit_positions=logit_positions,
     )
 
 

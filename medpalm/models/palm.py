@@ -70,6 +70,7 @@ class PalmDecoder(nn.Module):
       mode: str = "full",
       cache_length: int | None = None,
       prompt_lengths: Array | None = None,
+      logit_positions: Array | None = None,
   ) -> Array:
     """Runs the decoder.
 
@@ -82,13 +83,19 @@ class PalmDecoder(nn.Module):
       embeddings: float[B, T, D] inputs already embedded (text with image rows merged in).
       mode, cache_length, prompt_lengths: KV cache behaviour ("full", "prefill", "extend"), see
         `Attention`.
+      logit_positions: int32[B, K], the only positions whose logits are wanted (training's loss
+        positions): the output head, the largest matmul of a small decoder, then runs on K rows
+        per example instead of T.
     Returns:
-      float32[B, T, vocab] logits.
+      float32[B, T, vocab] logits (float32[B, K, vocab] with `logit_positions`).
     """
     c = self.config
     x = self.embed(tokens) if embeddings is None else embeddings
     x = self.dropout(x, deterministic=not enable_dropout)
     x = self.stack(x, positions, attention_mask, enable_dropout, mode, cache_length, prompt_lengths)
+    if logit_positions is not None:
+      x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
+      x = constrain(x, ("batch", "length", "embed"))
     x = self.final_norm(x)
     logits = (
         jnp.einsum(

@@ -269,3 +269,42 @@ def test_validate_batch_checks_host_batches(setup):
   broken = dict(batch, image_mask=np.array([[True], [False]]))
   with pytest.raises(ValueError, match="row 1: 4 image placeholder tokens"):
     model.validate_batch(broken)
+
+
+@pytest.mark.parametrize("loss_positions", [14, 16, 24])
+def test_loss_at_the_loss_positions_only_equals_the_full_loss(loss_positions):
+  """`loss_positions=K` computes the logits of each row's K weighted positions only (the
+  batch's rows have 14 and 9): loss, every metric and the gradient are those of the full
+  computation, with dropout on as well (its masks do not depend on K)."""
+  config = small_config(dropout_rate=0.2)
+  full, params = make_model(config, z_loss=1e-3, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+  fast, _ = make_model(
+      config,
+      z_loss=1e-3,
+      loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+      loss_positions=loss_positions,
+  )
+  batch = prompt_batch(config)
+  assert np.asarray(batch["decoder_loss_weights"]).sum(1).tolist() == [14, 9]
+  rng = jax.random.key(3)
+  grad = lambda model: jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, rng)
+  (loss, metrics), grads = grad(full)
+  (loss_k, metrics_k), grads_k = grad(fast)
+  assert float(loss_k) == pytest.approx(float(loss), rel=1e-6)
+  for name in metrics:
+    want, got = float(metrics[name].compute()), float(metrics_k[name].compute())
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7), name
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), grads, grads_k)
+  fast.validate_batch({k: np.asarray(v) for k, v in batch.items()})
+
+
+def test_loss_positions_fewer_than_a_rows_weighted_positions_is_refused_on_the_host():
+  config = small_config()
+  model, _ = make_model(config, loss_positions=13)
+  batch = {k: np.asarray(v) for k, v in prompt_batch(config).items()}
+  with pytest.raises(
+      ValueError, match="row 0 has 14 positions with a loss weight .* loss_positions=13"
+  ):
+    model.validate_batch(batch)
+  with pytest.raises(ValueError, match="loss_positions must be >= 1"):
+    make_model(config, loss_positions=0)
