@@ -447,7 +447,8 @@ def model_flops(plan: Plan, step: str) -> float:
   context of T (H query heads of width Q, the full T counted even where causal, as PaLM's MFU
   counts it); training is 3× the forward: PaLM's 6·N + 12·L·H·Q·T. The ViT runs over 256 patch
   tokens per image, the decoder over all positions. Embedding lookups are free; the shared
-  embedding counts once, as the output projection.
+  embedding counts once, as the output projection, which training runs at the target positions
+  only (`loss_positions`, as gin_configs/runs/train.gin trains).
   """
   c, b = plan.config, plan.batch_size
   counts = medpalm_m.parameter_counts(c)
@@ -465,8 +466,11 @@ def model_flops(plan: Plan, step: str) -> float:
       c.num_image_tokens,
   )
   if step == "train":
-    dec = tower(counts["decoder"], c.decoder.num_layers, decoder_width, plan.length, plan.length)
-    return 3.0 * (vit + dec)
+    head = c.decoder.vocab_size * c.decoder.d_model
+    dec = tower(
+        counts["decoder"] - head, c.decoder.num_layers, decoder_width, plan.length, plan.length
+    )
+    return 3.0 * (vit + dec + b * plan.targets_length * 2 * head)
   if step == "prefill":
     return vit + tower(
         counts["decoder"],

@@ -274,15 +274,24 @@ def adafactor(
 
 
 def learning_rate_schedule(
-    base_learning_rate: float = 5e-5, warmup_steps: int = 0
+    base_learning_rate: float = 5e-5,
+    warmup_steps: int = 0,
+    decay_steps: int = 0,
+    total_steps: int | None = None,
 ) -> Callable[[Any], Any]:
-  """Constant learning rate (the paper's), optionally after a linear warm-up from 0."""
-  if warmup_steps <= 0:
-    return optax.constant_schedule(base_learning_rate)
-  return optax.join_schedules(
-      [
-          optax.linear_schedule(0.0, base_learning_rate, warmup_steps),
-          optax.constant_schedule(base_learning_rate),
-      ],
-      [warmup_steps],
-  )
+  """Constant learning rate (the paper's), optionally after a linear warm-up from 0, and
+  optionally decayed linearly to 0 over the last `decay_steps` of `total_steps` (short runs,
+  such as the CPU demo, end better with the rate annealed)."""
+  schedules, boundaries = [optax.constant_schedule(base_learning_rate)], []
+  if warmup_steps > 0:
+    schedules.insert(0, optax.linear_schedule(0.0, base_learning_rate, warmup_steps))
+    boundaries.append(warmup_steps)
+  if decay_steps > 0:
+    if total_steps is None or total_steps - decay_steps < max(warmup_steps, 0):
+      raise ValueError(
+          f"decay_steps={decay_steps} needs total_steps (got {total_steps}) of at least "
+          f"warmup_steps + decay_steps = {max(warmup_steps, 0) + decay_steps}"
+      )
+    schedules.append(optax.linear_schedule(base_learning_rate, 0.0, decay_steps))
+    boundaries.append(total_steps - decay_steps)
+  return optax.join_schedules(schedules, boundaries) if boundaries else schedules[0]

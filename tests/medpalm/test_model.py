@@ -308,3 +308,16 @@ def test_loss_positions_fewer_than_a_rows_weighted_positions_is_refused_on_the_h
     model.validate_batch(batch)
   with pytest.raises(ValueError, match="loss_positions must be >= 1"):
     make_model(config, loss_positions=0)
+
+
+def test_learning_rate_schedule_warms_up_holds_and_decays_to_zero():
+  """Linear warm-up over 10 steps, constant, then linear decay to 0 over the last 20 of 100."""
+  schedule = optimizers.learning_rate_schedule(
+      1e-2, warmup_steps=10, decay_steps=20, total_steps=100
+  )
+  want = {0: 0.0, 5: 5e-3, 10: 1e-2, 50: 1e-2, 80: 1e-2, 90: 5e-3, 100: 0.0}
+  for step, rate in want.items():
+    assert float(schedule(step)) == pytest.approx(rate, abs=1e-9), step
+  assert float(optimizers.learning_rate_schedule(1e-2)(1000)) == 1e-2  # the paper's constant
+  with pytest.raises(ValueError, match="decay_steps=20 needs total_steps"):
+    optimizers.learning_rate_schedule(1e-2, decay_steps=20)

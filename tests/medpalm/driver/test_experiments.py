@@ -11,7 +11,7 @@ import pytest
 from medpalm.driver import main
 from tests.support import driver as driver_setup
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 EXPERIMENTS = ("demo_cpu", "multimedbench_12b", "multimedbench_84b", "multimedbench_562b")
 IMAGE_SIZE = 28  # 4 image tokens with the tiny ViT's 14-pixel patches

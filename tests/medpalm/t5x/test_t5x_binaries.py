@@ -19,7 +19,7 @@ import pytest
 from medpalm.evaluation import paper_results
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-pytestmark = [pytest.mark.t5x, pytest.mark.slow, pytest.mark.long]
+pytestmark = [pytest.mark.t5x, pytest.mark.slow]
 TINY = ["--gin_file=gin_configs/t5x/tiny.gin"]
 CLASSIFICATION = (
     "pad_ufes_20",
