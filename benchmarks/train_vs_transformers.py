@@ -42,8 +42,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import seqio  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
 
 from common import (  # noqa: E402
     RNG,
@@ -96,6 +94,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5, help="timed steps per side (best kept)")
   add_allocator_flag(parser)
   args = parser.parse_args(argv)
+  import torch  # after parsing: `--help` answers without loading torch
+  import transformers
+
   retained = apply_allocator_flag(args)
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)

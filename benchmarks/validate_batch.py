@@ -29,7 +29,6 @@ sys.path[:0] = [
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import seqio  # noqa: E402
 
 from medpalm import partitioning  # noqa: E402
 from medpalm.driver import trainer as trainer_lib  # noqa: E402
@@ -65,6 +64,8 @@ def main(argv=None):
   )
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args(argv)
+  import seqio  # after parsing: `--help` answers without loading TensorFlow
+
   config = configs.get_config("tiny", image_size=56)
   model = MedPalmMModel(MedPalmM(config), seqio.PassThroughVocabulary(config.decoder.vocab_size, 1))
   batch = demo_batch(config, 16, 256, 16)

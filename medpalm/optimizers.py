@@ -281,17 +281,18 @@ def learning_rate_schedule(
 ) -> Callable[[Any], Any]:
   """Constant learning rate (the paper's), optionally after a linear warm-up from 0, and
   optionally decayed linearly to 0 over the last `decay_steps` of `total_steps` (short runs,
-  such as the CPU demo, end better with the rate annealed)."""
+  such as the CPU demo, end better with the rate annealed). A run shorter than warm-up + decay
+  (a shrunk test run) decays from the end of its warm-up."""
   schedules, boundaries = [optax.constant_schedule(base_learning_rate)], []
+  warmup_steps = max(warmup_steps, 0)
   if warmup_steps > 0:
     schedules.insert(0, optax.linear_schedule(0.0, base_learning_rate, warmup_steps))
     boundaries.append(warmup_steps)
   if decay_steps > 0:
-    if total_steps is None or total_steps - decay_steps < max(warmup_steps, 0):
-      raise ValueError(
-          f"decay_steps={decay_steps} needs total_steps (got {total_steps}) of at least "
-          f"warmup_steps + decay_steps = {max(warmup_steps, 0) + decay_steps}"
-      )
-    schedules.append(optax.linear_schedule(base_learning_rate, 0.0, decay_steps))
-    boundaries.append(total_steps - decay_steps)
+    if total_steps is None:
+      raise ValueError(f"decay_steps={decay_steps} needs total_steps (the run's TRAIN_STEPS)")
+    start = max(warmup_steps, total_steps - decay_steps)
+    if start < total_steps:
+      schedules.append(optax.linear_schedule(base_learning_rate, 0.0, total_steps - start))
+      boundaries.append(start)
   return optax.join_schedules(schedules, boundaries) if boundaries else schedules[0]

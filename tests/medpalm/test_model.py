@@ -319,5 +319,8 @@ def test_learning_rate_schedule_warms_up_holds_and_decays_to_zero():
   for step, rate in want.items():
     assert float(schedule(step)) == pytest.approx(rate, abs=1e-9), step
   assert float(optimizers.learning_rate_schedule(1e-2)(1000)) == 1e-2  # the paper's constant
+  # A shrunk run (20 steps, warm-up 10): the decay starts where the warm-up ends.
+  short = optimizers.learning_rate_schedule(1e-2, warmup_steps=10, decay_steps=300, total_steps=20)
+  assert [float(short(t)) for t in (10, 15, 20)] == pytest.approx([1e-2, 5e-3, 0.0], abs=1e-9)
   with pytest.raises(ValueError, match="decay_steps=20 needs total_steps"):
     optimizers.learning_rate_schedule(1e-2, decay_steps=20)

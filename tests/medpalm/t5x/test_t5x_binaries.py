@@ -250,7 +250,12 @@ def test_t5x_infer_writes_jsonl_without_image_placeholders(env, trained, mode):
       f"INFER_MODE='{mode}'",
       name=f"infer_{mode}",
   )
-  files = [p for p in out.rglob("*.jsonl") if "multimedbench_vqa_rad" in p.name]
+  # T5X names its output <task>-<mode>.jsonl-00000-of-00001 (a .COMPLETED marker beside it).
+  files = [
+      p
+      for p in out.rglob(f"multimedbench_vqa_rad-{mode}.jsonl*")
+      if not p.name.endswith(".COMPLETED")
+  ]
   assert files, list(out.rglob("*"))
   rows = [json.loads(line) for p in files for line in p.read_text().splitlines() if line.strip()]
   assert len(rows) == 4  # the demo data's test split
