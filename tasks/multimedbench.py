@@ -55,6 +55,7 @@ import gin
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
 from medpalm import features as medpalm_features
 from tasks import features as feats
@@ -315,7 +316,7 @@ def _prepare():
   return prepare
 
 
-def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, epath.Path | None]:
   """(dataset dir or None = readers' default, prepared root or None)."""
   conf = data_config()
   module = readers.get_module(cfg.dataset)
@@ -330,7 +331,7 @@ def _locations(cfg: TaskConfig) -> tuple[pathlib.Path | None, pathlib.Path | Non
   return ddir, proot
 
 
-def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], pathlib.Path | None, dict]:
+def _read_records(cfg: TaskConfig, split: str) -> tuple[list[dict], epath.Path | None, dict]:
   """Records of one split (+ the prepared split directory and manifest for image tasks); the
   train-eval split and, where it is held out of training, the train split (see TRAIN_EVAL)."""
   if split in (TRAIN_EVAL, "train") and train_eval_source(cfg.task) == "train":
@@ -360,9 +361,8 @@ def _read_reader_split(cfg: TaskConfig, split: str):
         f"${_prepare().PREPARED_ENV}) and run `python -m tasks.prepare {cfg.dataset}`"
     )
   out, manifest = _prepare().load_manifest(proot, cfg.dataset, cfg.image_size, split)
-  path = out / f"records-{cfg.task}.jsonl"
-  with open(path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  text = (out / f"records-{cfg.task}.jsonl").read_text(encoding="utf-8")
+  records = [json.loads(line) for line in text.splitlines() if line.strip()]
   return records, out, manifest
 
 
@@ -383,7 +383,7 @@ def _exemplar_pool(cfg: TaskConfig) -> tuple[tuple[dict, ...], tuple[str, ...]]:
 class _Table:
   columns: dict[str, np.ndarray]  # per example, see preprocessors' module docstring
   image_keys: list[str]  # per example (image tasks)
-  shard_dir: pathlib.Path | None
+  shard_dir: epath.Path | None  # local or gs://; tf.data reads its shards
   manifest: dict
 
 

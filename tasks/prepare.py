@@ -15,8 +15,10 @@ Layout, per dataset and split (``<root>`` = --prepared_dir, else $MEDPALM_PREPAR
     keys.json                        image keys in shard order (detects a changed dataset)
     manifest.json                    written last: the split is complete when it exists
 
-Restartable: a shard is written to ``*.tmp`` and renamed when complete; a rerun keeps finished
-shards (same keys) and writes only the missing ones. An image that fails to decode raises an error
+``<root>`` may be an object store (``gs://bucket/prepared``): every file goes through
+``etils.epath``. A shard is written to a local temporary file and then published whole (a
+rename on a local disk, one object upload on GCS), so a reader never sees half a shard.
+Restartable: a rerun keeps finished shards (same keys) and writes only the missing ones. An image that fails to decode raises an error
 naming the file, or with ``--on_error skip`` is left out together with its records (counted).
 """
 
@@ -28,10 +30,13 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from tasks import images as image_lib
@@ -67,21 +72,22 @@ def dataset_tasks(dataset: str) -> list[str]:
   return [t for t, (module, _) in readers.ALL_TASK_READERS.items() if module == dataset]
 
 
-def prepared_root(prepared_dir=None, data_dir=None) -> pathlib.Path:
+def prepared_root(prepared_dir=None, data_dir=None) -> epath.Path:
+  """The prepared-data root, local or ``gs://`` (see the module docstring)."""
   root = prepared_dir or os.environ.get(PREPARED_ENV)
   if root:
-    return pathlib.Path(root)
+    return epath.Path(root)
   data = data_dir or os.environ.get(readers.DATA_DIR_ENV)
   if not data:
     raise NotPreparedError(
         f"no prepared-data directory: pass --prepared_dir, or set "
         f"${PREPARED_ENV} or ${readers.DATA_DIR_ENV}"
     )
-  return pathlib.Path(data) / "prepared"
+  return epath.Path(data) / "prepared"
 
 
-def split_dir(root: pathlib.Path, dataset: str, image_size: int, split: str) -> pathlib.Path:
-  return pathlib.Path(root) / dataset / f"{image_size}px" / split
+def split_dir(root, dataset: str, image_size: int, split: str) -> epath.Path:
+  return epath.Path(root) / dataset / f"{image_size}px" / split
 
 
 def image_key(record: dict) -> str:
@@ -136,33 +142,54 @@ def _load(item) -> tuple[str, np.ndarray | None, str | None]:
     return key, None, f"{source if isinstance(source, str) else key}: {e}"
 
 
-def _write_shard(path: pathlib.Path, items: Sequence, on_error: str, pool, progress) -> list[str]:
-  """Writes one shard atomically; returns the keys of images that failed (skip mode)."""
+def _publish(local: pathlib.Path, dest: epath.Path) -> None:
+  """Moves a finished local file to ``dest`` whole: a rename beside it on a local disk, one
+  streamed upload (an object appears only when complete) on an object store."""
+  if "://" not in os.fspath(dest):
+    tmp = pathlib.Path(os.fspath(dest) + ".tmp")
+    shutil.move(local, tmp)
+    os.replace(tmp, os.fspath(dest))
+    return
+  with open(local, "rb") as src, dest.open("wb") as dst:
+    shutil.copyfileobj(src, dst, length=1 << 24)
+  local.unlink()
+
+
+def _write_shard(path: epath.Path, items: Sequence, on_error: str, pool, progress) -> list[str]:
+  """Writes one shard (published whole, see `_publish`); returns the keys of images that failed
+  (skip mode)."""
   import tensorflow as tf  # only here: prepare's reading side needs no TensorFlow
 
   failed: list[str] = []
-  tmp = path.with_name(path.name + ".tmp")
-  with tf.io.TFRecordWriter(str(tmp)) as writer:
-    results = pool.imap(_load, items, chunksize=4) if pool else map(_load, items)
-    for key, image, error in results:
-      progress.update(1)
-      if error is not None:
-        if on_error == "raise":
-          raise ValueError(f"cannot prepare image {error}")
-        log.warning("skipping image %s", error)
-        failed.append(key)
-        continue
-      feature = {
-          "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
-          "image": tf.train.Feature(
-              bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, np.uint8).tobytes()])
-          ),
-      }
-      writer.write(
-          tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-      )
-  path.with_name(path.name + ".failed.json").write_text(json.dumps(failed))
-  os.replace(tmp, path)
+  fd, tmp = tempfile.mkstemp(suffix=".tfrecord", prefix="medpalm-shard-")
+  os.close(fd)
+  tmp = pathlib.Path(tmp)
+  try:
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+      results = pool.imap(_load, items, chunksize=4) if pool else map(_load, items)
+      for key, image, error in results:
+        progress.update(1)
+        if error is not None:
+          if on_error == "raise":
+            raise ValueError(f"cannot prepare image {error}")
+          log.warning("skipping image %s", error)
+          failed.append(key)
+          continue
+        feature = {
+            "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+            "image": tf.train.Feature(
+                bytes_list=tf.train.BytesList(
+                    value=[np.ascontiguousarray(image, np.uint8).tobytes()]
+                )
+            ),
+        }
+        writer.write(
+            tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        )
+    path.parent.joinpath(path.name + ".failed.json").write_text(json.dumps(failed))
+    _publish(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
   return failed
 
 
@@ -177,7 +204,7 @@ def prepare_split(
     split: str,
     *,
     data_dir=None,
-    root: pathlib.Path,
+    root,
     image_size: int = image_lib.IMAGE_SIZE,
     shard_size: int = 1000,
     on_error: str = "raise",
@@ -245,9 +272,10 @@ def prepare_split(
     if split not in IMAGES_ONLY_FOR.get(task, (split,)):
       kept = records  # text-only exemplars: no prepared image
     counts[task] = len(kept)
-    with open(out / f"records-{task}.jsonl", "w", encoding="utf-8") as f:
-      for r in kept:
-        f.write(json.dumps(_jsonable(r), ensure_ascii=False) + "\n")
+    (out / f"records-{task}.jsonl").write_text(
+        "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in kept),
+        encoding="utf-8",
+    )
   manifest = {
       "version": VERSION,
       "dataset": dataset,
@@ -330,7 +358,7 @@ def prepare(
   return out
 
 
-def load_manifest(root, dataset: str, image_size: int, split: str) -> tuple[pathlib.Path, dict]:
+def load_manifest(root, dataset: str, image_size: int, split: str) -> tuple[epath.Path, dict]:
   """(split directory, manifest) of a prepared split, or NotPreparedError with the command."""
   out = split_dir(root, dataset, image_size, split)
   path = out / "manifest.json"
