@@ -7,7 +7,8 @@ Model FLOPs per step are analytic (6 × matmul parameters × tokens + 12 × laye
 width per token for QKᵀ and PV, forward and backward) and cross-checked against XLA's
 `cost_analysis`. MFU = model FLOPs / step time / peak, against three peaks:
 - nominal: the physical peak of the ISA XLA generates code for (cores × clock × FLOPs/cycle,
-  `cpu_env.nominal_peak`: 32 float32 FLOPs/cycle for AVX2 FMA);
+  `cpu_env.nominal_peak`: 32 float32 FLOPs/cycle for AVX2 FMA, 64 for AVX-512 on full-width
+  FMA units, 32 on AMD Zen 4's half-width ones);
 - best GEMM: the fastest of XLA, numpy (OpenBLAS) and torch on a 2048² matmul in this process;
 - XLA GEMM: XLA's own 2048² matmul (the figure this script printed alone before).
 To run with AVX2 only on an AVX-512 machine (both sides of the comparisons):

@@ -73,16 +73,28 @@ def configure(environ=os.environ, allocator: bool = True) -> bool:
   return True
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
-  """The CPU feature flags of the first processor in `path` (empty where it is unreadable)."""
+def _cpuinfo(field: str, path: str = "/proc/cpuinfo") -> str | None:
+  """The value of `field` for the first processor in `path` (None where unreadable or absent)."""
   try:
     with open(path) as f:
       for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == field:
+          return value.strip()
   except OSError:
     pass
-  return set()
+  return None
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+  """The CPU feature flags of the first processor in `path` (empty where it is unreadable)."""
+  return set((_cpuinfo("flags", path) or "").split())
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> tuple[str, int | None]:
+  """(vendor_id, cpu family) of the first processor: ("AuthenticAMD", 26) on AMD Zen 5."""
+  family = _cpuinfo("cpu family", path)
+  return _cpuinfo("vendor_id", path) or "", int(family) if family and family.isdigit() else None
 
 
 def detected_isa(flags=None) -> str:
@@ -114,26 +126,27 @@ def effective_isa(environ=os.environ, flags=None) -> str:
   return isa
 
 
-def peak_flops_per_cycle(isa: str, dtype_bytes: int = 4) -> int:
+def peak_flops_per_cycle(isa: str, dtype_bytes: int = 4, model=None) -> int:
   """Nominal FLOPs per cycle per core: 2 FMA pipes × lanes × 2 (multiply + add).
 
-  AVX2: 256-bit vectors, 8 float32 lanes -> 32. AVX-512 on AMD Zen 4 runs each 512-bit FMA as
-  two 256-bit halves, so it is counted at 32 too (Intel server cores with two 512-bit FMA
-  units reach 64); this keeps the AVX-512 figure a lower bound of the true peak on Intel."""
-  lanes = {"AVX512": 32, "AVX2": 32, "AVX": 16, "SSE4_2": 8}.get(isa, 8)
+  AVX2: 256-bit vectors, 8 float32 lanes -> 32. AVX-512: 16 lanes -> 64 where the core has
+  full-width 512-bit FMA units (Intel server cores, AMD Zen 5 = family 26); AMD Zen 4
+  (family 25) runs each 512-bit FMA as two 256-bit halves, so 32 there. ``model``:
+  `cpu_model()`'s (vendor, family), read from this machine by default."""
+  if isa == "AVX512":
+    vendor, family = cpu_model() if model is None else model
+    half_width = vendor == "AuthenticAMD" and (family or 0) < 26
+    return (32 if half_width else 64) * 4 // dtype_bytes
+  lanes = {"AVX2": 32, "AVX": 16, "SSE4_2": 8}.get(isa, 8)
   return lanes * 4 // dtype_bytes
 
 
 def cpu_mhz(path: str = "/proc/cpuinfo") -> float | None:
   """The clock /proc/cpuinfo reports for the first processor (MHz), or None."""
   try:
-    with open(path) as f:
-      for line in f:
-        if line.startswith("cpu MHz"):
-          return float(line.split(":", 1)[1])
-  except (OSError, ValueError):
-    pass
-  return None
+    return float(_cpuinfo("cpu MHz", path))
+  except (TypeError, ValueError):
+    return None
 
 
 def cores() -> int:

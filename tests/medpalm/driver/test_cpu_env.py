@@ -49,6 +49,22 @@ def test_nominal_flops_per_cycle():
   assert cpu_env.peak_flops_per_cycle("AVX2") == 32
   assert cpu_env.peak_flops_per_cycle("AVX2", dtype_bytes=2) == 64
   assert cpu_env.peak_flops_per_cycle("AVX") == 16
+  # AVX-512: 16 lanes on full-width FMA units (Intel, AMD Zen 5), half-width on Zen 4.
+  assert cpu_env.peak_flops_per_cycle("AVX512", model=("AuthenticAMD", 26)) == 64
+  assert cpu_env.peak_flops_per_cycle("AVX512", model=("GenuineIntel", 6)) == 64
+  assert cpu_env.peak_flops_per_cycle("AVX512", model=("AuthenticAMD", 25)) == 32
+
+
+def test_cpuinfo_fields(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text(
+      "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\ncpu MHz\t\t: 2596.000\n"
+      "flags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nvendor_id\t: Other\n"
+  )
+  assert cpu_env.cpu_model(str(info)) == ("AuthenticAMD", 26)
+  assert cpu_env.cpu_mhz(str(info)) == 2596.0
+  assert cpu_env.cpu_flags(str(info)) == {"fpu", "avx2", "fma"}
+  assert cpu_env.cpu_model(str(tmp_path / "absent")) == ("", None)
 
 
 def test_this_machine_is_described():
