@@ -506,6 +506,7 @@ def run(
     compiler_options: dict[str, Any] | None = None,
     config: configs.MedPalmMConfig | None = None,
     hlo_dir: str | None = None,
+    num_microbatches: int | None = None,
 ) -> dict:
   """Compiles `steps` and returns a JSON-ready summary (see `format_summary`).
 
@@ -513,6 +514,8 @@ def run(
   `scan_layers=False` it gives a compile whose `cost_analysis` counts every layer (XLA counts a
   scanned layer body once, whatever the trip count), to check the analytic FLOPs at full width.
   `config` overrides `config_name` with a config object (tests build small variants).
+  `num_microbatches` compiles the trainer's gradient accumulation (the batch in that many
+  sequential microbatches, as `trainer.Trainer.num_microbatches` trains).
   """
   for s in steps:
     if s not in STEPS:
@@ -539,6 +542,7 @@ def run(
       inputs_length=inputs_length,
       targets_length=targets_length,
       mesh_sizes=_parse_mesh(mesh),
+      num_microbatches=num_microbatches,
   )
   counts = medpalm_m.parameter_counts(config)
   summary = {
@@ -552,6 +556,7 @@ def run(
       "peak_bf16_flops_per_chip": topology.gen.peak_bf16_flops,
       "mesh": dict(plan.mesh.shape),
       "batch_size": batch_size,
+      "num_microbatches": num_microbatches or 1,
       "inputs_length": inputs_length,
       "targets_length": targets_length,
       "remat": remat,
@@ -597,7 +602,8 @@ def format_summary(s: dict) -> str:
       f"{s['hbm_bytes_per_chip'] / GIB:.0f} GiB HBM and "
       f"{s['peak_bf16_flops_per_chip'] / 1e12:.0f} bf16 TFLOP/s per chip)",
       f"mesh {s['mesh']}; batch {s['batch_size']} x ({s['inputs_length']} inputs + "
-      f"{s['targets_length']} targets) positions, 1 image per example",
+      f"{s['targets_length']} targets) positions, 1 image per example"
+      + (f", {s['num_microbatches']} microbatches" if s.get("num_microbatches", 1) > 1 else ""),
       f"{'step':<8} {'status':<6} {'arguments':>10} {'outputs':>10} {'temps':>10} "
       f"{'aliased':>10} {'total':>10} {'HBM':>6} {'TFLOP/chip':>11} {'model TF/chip':>13} "
       f"{'compile':>8}",
@@ -670,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--param_dtype", default="float32")
   parser.add_argument("--dropout_rate", type=float, default=0.1, help="the paper trains at 0.1")
   parser.add_argument(
+      "--num_microbatches",
+      type=int,
+      default=None,
+      help="gradient accumulation: the train step runs the batch in this many microbatches",
+  )
+  parser.add_argument(
       "--steps", default="train,prefill,decode", help=f"comma-separated subset of {','.join(STEPS)}"
   )
   parser.add_argument(
@@ -717,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
       depth=tuple(int(x) for x in args.depth.split(",")) if args.depth else None,
       compiler_options=dict(_parse_option(o) for o in args.compiler_option),
       hlo_dir=args.hlo_dir,
+      num_microbatches=args.num_microbatches,
   )
   print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
   return 0 if all(r["status"] == "ok" for r in summary["steps"].values()) else 2

@@ -187,27 +187,34 @@ def test_bad_mesh_and_batch_are_refused(tiny):
 
 def test_the_compiled_train_step_is_the_trainers(tiny):
   """AOT compiles the program training runs: the trainer's `make_train_step`, lowered with the
-  trainer's shardings and donation, gives the same StableHLO text as the trainer's own jit."""
-  plan = aot_compile.make_plan(
-      tiny,
-      topologies.get_topology("v5e:2x2"),
-      batch_size=8,
-      inputs_length=264,
-      targets_length=8,
-      mesh_sizes=MESH,
-  )
-  fn, args, out_shardings, donate = aot_compile.train_step_args(plan)
-  assert fn is plan.trainer.step_fn
-  assert fn.__code__ is trainer_lib.make_train_step(plan.trainer.model).__code__
-  with partitioning.using(plan.mesh, plan.rules):
-    ours = jax.jit(
-        fn,
-        in_shardings=aot_compile._shardings(args),
-        out_shardings=out_shardings,
-        donate_argnums=donate,
-    ).lower(*args)
-  theirs = plan.trainer.lower_train_step(args[0], args[1])
-  assert ours.as_text() == theirs.as_text()
+  trainer's shardings and donation, gives the same StableHLO text as the trainer's own jit, with
+  gradient accumulation too (`--num_microbatches`: one more loop, over the microbatches)."""
+  texts = {}
+  for num_microbatches in (None, 2):
+    plan = aot_compile.make_plan(
+        tiny,
+        topologies.get_topology("v5e:2x2"),
+        batch_size=8,
+        inputs_length=264,
+        targets_length=8,
+        mesh_sizes=MESH,
+        num_microbatches=num_microbatches,
+    )
+    assert plan.trainer.num_microbatches == (num_microbatches or 1)
+    fn, args, out_shardings, donate = aot_compile.train_step_args(plan)
+    assert fn is plan.trainer.step_fn
+    assert fn.__code__ is trainer_lib.make_train_step(plan.trainer.model).__code__
+    with partitioning.using(plan.mesh, plan.rules):
+      ours = jax.jit(
+          fn,
+          in_shardings=aot_compile._shardings(args),
+          out_shardings=out_shardings,
+          donate_argnums=donate,
+      ).lower(*args)
+    theirs = plan.trainer.lower_train_step(args[0], args[1])
+    assert ours.as_text() == theirs.as_text()
+    texts[num_microbatches] = ours.as_text()
+  assert texts[2].count("stablehlo.while") > texts[None].count("stablehlo.while")
 
 
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1", "v5e:4x4"])
