@@ -311,7 +311,8 @@ def maxtext_config(scale: int, vision_width: int) -> Any:
   """MaxText's `global_parameter_scale` model (configs/base.yml: embed 2048, 16 heads of 128,
   MLP 7168, 16 layers, SiLU-gated MLP, RMSNorm, sequential block, vocabulary 32000; the scale
   doubles heads+MLP, embed, layers in turn) as our decoder, with a one-layer, one-token vision
-  tower of `vision_width` (divisible by the fsdp axis) whose FLOPs are negligible."""
+  tower of `vision_width` (divisible by the fsdp axis) whose FLOPs are negligible. Its 8 heads
+  divide every `model` axis of the calibration meshes (1 to 8)."""
   from medpalm.models import configs  # pylint: disable=g-import-not-at-top
 
   log2 = int(math.log2(scale))
@@ -335,10 +336,10 @@ def maxtext_config(scale: int, vision_width: int) -> Any:
   vision = configs.VisionConfig(
       num_layers=1,
       d_model=vision_width,
-      num_heads=2,
-      head_dim=vision_width // 2,
+      num_heads=8,
+      head_dim=vision_width // 8,
       d_ff=2 * vision_width,
-      num_kv_heads=2,
+      num_kv_heads=8,
       parallel_block=False,
       gated_mlp=False,
       mlp_activation="gelu",
@@ -381,8 +382,10 @@ def calibration_roofline(name: str, attention: str = "jax", log=print) -> dict[s
       config,
       c["topology"],
       batch_size=c["per_chip_batch"] * topology.num_chips,
-      inputs_length=c["length"] // 2,
-      targets_length=c["length"] // 2,
+      # MaxText's loss (and its MFU's output layer) covers every position: here all but the
+      # image placeholder and the first text token, the shortest prompt the model takes.
+      inputs_length=config.num_image_tokens + 1,
+      targets_length=c["length"] - config.num_image_tokens - 1,
       mesh=c["mesh"],
       log=log,
   )
