@@ -164,8 +164,7 @@ def make_train_step(model, *, freeze: Sequence[str] = (), num_microbatches: int 
     micro = _split_microbatches(batch, num_microbatches)
     whole = _normalizer(factor, batch)
 
-    def body(carry, inputs):
-      index, mb = inputs
+    def one(index, mb):
       (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
       # The model divides each microbatch by its own normalizer; rescaling by its share of the
       # whole batch's makes the sum over microbatches the whole batch's loss and gradient.
@@ -175,13 +174,18 @@ def make_train_step(model, *, freeze: Sequence[str] = (), num_microbatches: int 
       for name in PER_BATCH_METRICS:
         if name in metrics:
           metrics[name] = metrics[name].replace(total=metrics[name].total * scale)
-      if carry is None:
-        return (loss, grads, metrics), None
-      return jax.tree.map(jnp.add, carry, (loss, grads, metrics)), None
+      return loss, grads, metrics
 
-    init, _ = body(None, (0, jax.tree.map(lambda x: x[0], micro)))
-    rest = jax.tree.map(lambda x: x[1:], micro)
-    (loss, grads, metrics), _ = jax.lax.scan(body, init, (jnp.arange(1, num_microbatches), rest))
+    def body(carry, inputs):
+      return jax.tree.map(jnp.add, carry, one(*inputs)), None
+
+    # Every microbatch runs in the one loop body from a zero carry (gradients shaped and
+    # sharded like the parameters): a first microbatch computed outside the loop would be a
+    # second copy of the forward and backward program, whose temporaries XLA plans apart.
+    shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    init = (init[0], jax.tree.map(jnp.zeros_like, params), init[2])
+    (loss, grads, metrics), _ = jax.lax.scan(body, init, (jnp.arange(num_microbatches), micro))
     for name in PER_BATCH_METRICS:
       if name in metrics:
         metrics[name] = metrics[name].replace(count=metrics[name].count // num_microbatches)
