@@ -18,8 +18,9 @@ Layout, per dataset and split (``<root>`` = --prepared_dir, else $MEDPALM_PREPAR
 ``<root>`` may be an object store (``gs://bucket/prepared``): every file goes through
 ``etils.epath``. A shard is written to a local temporary file and then published whole (a
 rename on a local disk, one object upload on GCS), so a reader never sees half a shard.
-Restartable: a rerun keeps finished shards (same keys) and writes only the missing ones. An image that fails to decode raises an error
-naming the file, or with ``--on_error skip`` is left out together with its records (counted).
+Restartable: a rerun keeps finished shards (same keys) and writes only the missing ones. An
+image that fails to decode raises an error naming the file, or with ``--on_error skip`` is left
+out together with its records (counted).
 """
 
 from __future__ import annotations
