@@ -507,6 +507,7 @@ def run(
     config: configs.MedPalmMConfig | None = None,
     hlo_dir: str | None = None,
     num_microbatches: int | None = None,
+    attention: str | None = None,
 ) -> dict:
   """Compiles `steps` and returns a JSON-ready summary (see `format_summary`).
 
@@ -515,7 +516,8 @@ def run(
   scanned layer body once, whatever the trip count), to check the analytic FLOPs at full width.
   `config` overrides `config_name` with a config object (tests build small variants).
   `num_microbatches` compiles the trainer's gradient accumulation (the batch in that many
-  sequential microbatches, as `trainer.Trainer.num_microbatches` trains).
+  sequential microbatches, as `trainer.Trainer.num_microbatches` trains). `attention` replaces
+  both towers' attention implementation (e.g. "splash", the Pallas TPU kernel).
   """
   for s in steps:
     if s not in STEPS:
@@ -526,6 +528,12 @@ def run(
         config,
         vision=dataclasses.replace(config.vision, num_layers=depth[0]),
         decoder=dataclasses.replace(config.decoder, num_layers=depth[1]),
+    )
+  if attention:
+    config = dataclasses.replace(
+        config,
+        vision=dataclasses.replace(config.vision, attention=attention),
+        decoder=dataclasses.replace(config.decoder, attention=attention),
     )
   config = config.replace(
       dtype=dtype,
@@ -557,6 +565,7 @@ def run(
       "mesh": dict(plan.mesh.shape),
       "batch_size": batch_size,
       "num_microbatches": num_microbatches or 1,
+      "attention": config.decoder.attention,
       "inputs_length": inputs_length,
       "targets_length": targets_length,
       "remat": remat,
@@ -676,6 +685,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--param_dtype", default="float32")
   parser.add_argument("--dropout_rate", type=float, default=0.1, help="the paper trains at 0.1")
   parser.add_argument(
+      "--attention",
+      default=None,
+      choices=configs.ATTENTION_IMPLEMENTATIONS,
+      help="both towers' attention (default: the config's); splash is the Pallas TPU kernel",
+  )
+  parser.add_argument(
       "--num_microbatches",
       type=int,
       default=None,
@@ -730,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
       compiler_options=dict(_parse_option(o) for o in args.compiler_option),
       hlo_dir=args.hlo_dir,
       num_microbatches=args.num_microbatches,
+      attention=args.attention,
   )
   print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
   return 0 if all(r["status"] == "ok" for r in summary["steps"].values()) else 2

@@ -368,7 +368,18 @@ def splash_attention(
     out = local(q, k, v, mask)
   else:
     spec = lambda names: nn.logical_to_mesh_axes(names)
-    qs, kvs = spec(("batch", None, "heads", None)), spec(("batch", None, None, None))
+    qs = spec(("batch", None, "heads", None))
+    # Key/value heads split like the query heads when they divide over the same shards (MHA,
+    # GQA: each shard keeps its queries' groups); one shared head (MQA) is replicated.
+    head_axes = qs[2] if isinstance(qs[2], tuple) else (qs[2],) if qs[2] else ()
+    shards = math.prod(mesh.shape[a] for a in head_axes)
+    groups = k.shape[2]
+    if groups > 1 and groups % shards:
+      raise ValueError(
+          f"splash attention: {groups} key/value heads do not split over the {shards} shards "
+          f"of the heads' mesh axes {head_axes}"
+      )
+    kvs = qs if groups > 1 else spec(("batch", None, None, None))
     in_specs = (qs, kvs, kvs) + (() if mask is None else (spec(("batch", None, None, None)),))
     body = local if mask is not None else (lambda q, k, v: local(q, k, v, None))
     args = (q, k, v) if mask is None else (q, k, v, mask)

@@ -242,3 +242,28 @@ def test_driver_and_aot_put_the_same_devices_at_the_same_coordinates(tiny, topol
       driver.devices.shape, devices, allow_split_physical_axes=True
   )
   np.testing.assert_array_equal(ids(driver), np.vectorize(lambda d: d.id)(physical))
+
+
+def test_attention_flag_compiles_the_splash_kernel_into_the_plan(tmp_path):
+  """`--attention splash` puts the Pallas TPU kernel (a Mosaic custom call) in the compiled
+  train step; the tiny ViT's key/value heads (as many as its query heads) split over `model`
+  like the queries."""
+  import gzip
+
+  # tests/conftest.py asks for float32 matmuls (CPU oracles); Mosaic has no float32 contraction
+  # of bfloat16 operands, and training runs at the default precision.
+  with jax.default_matmul_precision("default"):
+    summary = aot_compile.run(
+        "tiny",
+        "v5e:2x2",
+        batch_size=8,
+        inputs_length=264,
+        targets_length=8,
+        mesh="fsdp=2,model=2",
+        steps=("train",),
+        attention="splash",
+        hlo_dir=str(tmp_path),
+    )
+  assert summary["attention"] == "splash" and summary["steps"]["train"]["status"] == "ok"
+  text = gzip.open(tmp_path / "train.hlo.gz", "rt").read()
+  assert 'custom_call_target="tpu_custom_call"' in text
