@@ -77,3 +77,21 @@ def test_splash_lowers_to_the_tpu_kernel_under_a_mesh():
   # Flash-style: no float [T, S] scores or probabilities (padded 1280 x 1280) in HBM, forward
   # or backward; only the boolean mask is that shape.
   assert not re.search(r"(f32|bf16)\[[\d,]*1280,1280\]", text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("groups", [1, 2, 4])  # MQA, GQA, MHA: key/value heads of 4 queries
+def test_interpreted_splash_under_a_mesh_equals_the_reference_path(groups):
+  """Under the 8-device CPU mesh (heads over `model` = 2) each shard keeps its queries' key/value
+  heads: the result equals the unsharded reference."""
+  q, k, v = _qkv(b=4, t=136, h=4, g=groups)
+  t = q.shape[1]
+  prefix = jnp.asarray(np.arange(t)[None] < np.array([[40], [90], [1], [136]]), jnp.int32)
+  mask = multimodal.attention_mask(t, prefix)
+  expected = layers.dot_product_attention(q, k, v, mask, jnp.float32, "reference")
+  mesh = partitioning.make_mesh(data=1, fsdp=4, model=2, devices=jax.devices()[:8])
+  with partitioning.using(mesh):
+    got = jax.jit(lambda q, k, v, m: layers.splash_attention(q, k, v, m, interpret=True))(
+        q, k, v, mask
+    )
+  np.testing.assert_allclose(got, expected, atol=1e-5)
