@@ -182,9 +182,9 @@ def make_train_step(model, *, freeze: Sequence[str] = (), num_microbatches: int 
     # Every microbatch runs in the one loop body from a zero carry (gradients shaped and
     # sharded like the parameters): a first microbatch computed outside the loop would be a
     # second copy of the forward and backward program, whose temporaries XLA plans apart.
-    shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    init = (init[0], jax.tree.map(jnp.zeros_like, params), init[2])
+    loss_shape, _, metrics_shape = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+    init = (zeros(loss_shape), jax.tree.map(jnp.zeros_like, params), zeros(metrics_shape))
     (loss, grads, metrics), _ = jax.lax.scan(body, init, (jnp.arange(num_microbatches), micro))
     for name in PER_BATCH_METRICS:
       if name in metrics:
