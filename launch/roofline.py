@@ -18,6 +18,17 @@ The bound assumes perfect overlap: step >= max(compute, memory, communication); 
 prints the sum (no overlap at all). MFU bound = model FLOPs (PaLM's accounting, no
 recomputation) / (chips x peak x step bound).
 
+A TPU core runs its fusions one after another; only DMAs and asynchronous collectives run
+beside them. So the estimate (`per_op`) sums, over the instructions of the optimized HLO, each
+one's own bottleneck, max(its matmul FLOPs / peak, its HBM bytes / HBM bandwidth), HBM bytes
+being its operands and results outside on-chip memory; then
+
+  per-op step = max(that sum, communication)        (collectives hidden behind the fusions)
+
+and MFU estimate = model FLOPs / (chips x peak x per-op step), with the serial variant
+(sum + communication) beside it. (XLA's own per-instruction sum, cost_analysis'
+`optimal_seconds`, comes back negative for full-size TPU programs, so it is not used.)
+
 `cost_analysis` counts a `while` body once whatever its trip count, so layers under `nn.scan`
 and the loops the TPU partitioner makes of big sharded matmuls ("windowed einsums") hide their
 FLOPs. The roofline of a full-size model is therefore taken from shallow copies compiled
@@ -304,6 +315,181 @@ def while_loops(hlo_text: str) -> int:
   return sum(i.opcode == "while" for instructions in computations.values() for i in instructions)
 
 
+# --- per-instruction time ----------------------------------------------------------------
+
+_LAID_OUT = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\](\{[^}]*\})?")
+# Instructions that move no data and compute nothing, or whose time is counted elsewhere: async
+# copies (prefetches into on-chip memory, beside the fusions) and collectives (ICI, above).
+_FREE = {
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
+    "add-dependency", "opt-barrier", "partition-id", "replica-id", "while", "conditional", "call",
+    "copy-start", "copy-done", "send", "send-done", "recv", "recv-done",
+}  # fmt: skip
+_EXECUTED_EDGES = re.compile(r"\b(body|condition|true_computation|false_computation)=%?([\w.\-]+)")
+
+
+def hbm_bytes(type_text: str) -> int:
+  """Bytes of the arrays of an HLO type that live in HBM: a layout's `S(n)`, n >= 1, puts an
+  array in on-chip memory (VMEM, SMEM), whose traffic costs no HBM bandwidth."""
+  total = 0
+  for dtype, dims, layout in _LAID_OUT.findall(type_text):
+    space = re.search(r"S\((\d+)\)", layout or "")
+    if space and int(space.group(1)) > 0:
+      continue
+    total += int(math.prod(int(d) for d in dims.split(",") if d) * _DTYPE_BYTES[dtype])
+  return total
+
+
+def _operands(instruction: Instruction) -> list[str]:
+  """Names of an instruction's operands (the text up to the parenthesis closing its list)."""
+  depth = 1
+  for end, ch in enumerate(instruction.rest):
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if depth == 0:
+      return re.findall(r"%([\w.\-]+)", instruction.rest[:end])
+  return re.findall(r"%([\w.\-]+)", instruction.rest)
+
+
+def _dims(type_text: str) -> list[int]:
+  found = _ARRAY.search(type_text)
+  return [int(d) for d in found.group(2).split(",") if d] if found else []
+
+
+def _valid_positions(size_in: int, size_out: int, kernel: int, window: dict[str, int]) -> int:
+  """(output, kernel) position pairs of one spatial dimension that read an input element."""
+  stride, pad = window["stride"], window["pad_low"]
+  base, dilation = window["lhs_dilate"], window["rhs_dilate"]
+  count = 0
+  for k in range(kernel):
+    for o in range(size_out):
+      undilated = o * stride - pad + k * dilation
+      if undilated % base == 0 and 0 <= undilated // base < size_in:
+        count += 1
+  return count
+
+
+def _window(text: str | None, rank: int) -> list[dict[str, int]]:
+  """window={size=3x3 stride=2x2 pad=1_1x1_1 lhs_dilate=.. rhs_dilate=..} per spatial dim."""
+  fields = dict(re.findall(r"(\w+)=([\dx_\-]+)", text or ""))
+  out = []
+  for d in range(rank):
+    get = lambda key, default: int(fields[key].split("x")[d]) if key in fields else default
+    pad = fields["pad"].split("x")[d].split("_") if "pad" in fields else ["0", "0"]
+    out.append(
+        dict(stride=get("stride", 1), pad_low=int(pad[0]), lhs_dilate=get("lhs_dilate", 1),
+             rhs_dilate=get("rhs_dilate", 1))
+    )  # fmt: skip
+  return out
+
+
+def matmul_flops(instruction: Instruction, types: dict[str, str]) -> float:
+  """FLOPs of a `dot` or `convolution` (2 per multiply-add, as XLA's cost analysis counts).
+
+  dot: 2 x output elements x contracted size. convolution: 2 x (input features / feature
+  groups) x output features x (batch / batch groups) x the valid (output, kernel) position
+  pairs of each spatial dimension: the TPU compiler writes matmuls as convolutions.
+  """
+  operands = _operands(instruction)
+  out = _dims(instruction.type_text)
+  lhs, rhs = (_dims(types.get(o, "")) for o in operands[:2])
+  if instruction.opcode == "dot":
+    contracting = instruction.attribute("lhs_contracting_dims") or "{}"
+    reduced = math.prod(lhs[int(d)] for d in re.findall(r"\d+", contracting))
+    return 2.0 * math.prod(out) * reduced
+  labels = re.match(r"(\w+)_(\w+)->(\w+)", instruction.attribute("dim_labels") or "")
+  if not labels:
+    raise ValueError(f"convolution {instruction.name} has no dim_labels")
+  lhs_l, rhs_l, out_l = labels.groups()
+  groups = lambda key: int(instruction.attribute(key) or 1)
+  spatial = sorted(c for c in lhs_l if c.isdigit())
+  windows = _window(instruction.attribute("window"), len(spatial))
+  positions = math.prod(
+      _valid_positions(lhs[lhs_l.index(c)], out[out_l.index(c)], rhs[rhs_l.index(c)], w)
+      for c, w in zip(spatial, windows)
+  )
+  fma = (
+      lhs[lhs_l.index("f")]
+      // groups("feature_group_count")
+      * out[out_l.index("f")]
+      * (lhs[lhs_l.index("b")] // groups("batch_group_count"))
+      * positions
+  )
+  return 2.0 * fma
+
+
+@dataclasses.dataclass
+class PerOp:
+  """Per chip, one step: each top-level instruction (fusion, copy, custom call, ...) timed as
+  max(its matmul FLOPs / peak, its HBM bytes / bandwidth), summed."""
+
+  seconds: float
+  matmul_flops: float
+  hbm_bytes: float
+  compute_bound_seconds: float  # the part of `seconds` spent in compute-bound instructions
+  async_copy_bytes: float  # HBM <-> on-chip prefetches (copy-start), which run beside them
+
+
+def per_op(hlo_text: str, peak_flops: float, hbm_bandwidth: float) -> PerOp:
+  """The time of a step whose instructions run one after another, each at its own bottleneck.
+
+  A TPU core runs its fusions in sequence; only DMAs and asynchronous collectives run beside
+  them. An instruction's HBM traffic is its operands and results (what stays inside a fusion
+  never reaches HBM), less what lives in on-chip memory; its FLOPs are those of the matmuls it
+  holds (elementwise work runs on the vector units, hidden under its memory traffic).
+  Collectives and async copies are left out: they are the communication term. A fusion that
+  holds a collective beside its matmul (the compiler's async collective fusions) counts here
+  for its matmul and its HBM traffic, and its collective there.
+  """
+  computations, entry = parse_module(hlo_text)
+  times = multiplicities(computations, entry)
+  types = {i.name: i.type_text for body in computations.values() for i in body}
+  executed, todo = set(), [entry]
+  while todo:  # entry and the loop bodies / branches it runs (not fused or reducer bodies)
+    name = todo.pop()
+    if name in executed or name not in computations:
+      continue
+    executed.add(name)
+    for i in computations[name]:
+      todo += [target for _, target in _EXECUTED_EDGES.findall(i.rest)]
+      todo += [t.strip().lstrip("%") for g in _BRANCHES.findall(i.rest) for t in g.split(",")]
+      if i.opcode == "call":
+        todo.append((i.attribute("to_apply") or "").lstrip("%"))
+
+  def flops_of(name: str) -> float:
+    total = 0.0
+    for i in computations.get(name, ()):
+      if i.opcode in ("dot", "convolution"):
+        total += matmul_flops(i, types)
+      elif i.opcode == "fusion":
+        total += flops_of((i.attribute("calls") or "").lstrip("%"))
+    return total
+
+  result = PerOp(0.0, 0.0, 0.0, 0.0, 0.0)
+  for name in executed:
+    for i in computations[name]:
+      if i.opcode == "copy-start":
+        result.async_copy_bytes += times[name] * max(array_bytes(i.type_text) or [0])
+      kind = i.opcode.removesuffix("-start").removesuffix("-done")
+      if i.opcode in _FREE or kind in COLLECTIVES or i.opcode.endswith("-done"):
+        continue
+      called = (i.attribute("calls") or "").lstrip("%")
+      flops = (
+          matmul_flops(i, types)
+          if i.opcode in ("dot", "convolution")
+          else flops_of(called)
+          if i.opcode == "fusion"
+          else 0.0
+      )
+      moved = hbm_bytes(i.type_text) + sum(hbm_bytes(types.get(o, "")) for o in _operands(i))
+      compute, memory = flops / peak_flops, moved / hbm_bandwidth
+      n = times[name]
+      result.seconds += n * max(compute, memory)
+      result.matmul_flops += n * flops
+      result.hbm_bytes += n * moved
+      result.compute_bound_seconds += n * compute if compute >= memory else 0.0
+  return result
+
+
 # --- calibration: published MaxText runs ---------------------------------------------------
 
 
@@ -414,6 +600,7 @@ class Terms:
   ici_bytes: dict[str, float]
   counts: dict[str, float]
   memory: dict[str, float]  # memory_analysis: argument / output / temp / alias bytes, total
+  per_op: dict[str, float] = dataclasses.field(default_factory=dict)  # PerOp's fields
 
   def __add__(self, other: "Terms") -> "Terms":
     return self.scaled(1.0, other, 1.0)
@@ -428,6 +615,7 @@ class Terms:
         mix(self.ici_bytes, other.ici_bytes),
         mix(self.counts, other.counts),
         mix(self.memory, other.memory),
+        mix(self.per_op, other.per_op),
     )
 
 
@@ -453,7 +641,15 @@ def program_terms(compiled: Any, hlo_text: str, devices: Sequence[Any], gen: Any
       "alias": float(m.alias_size_in_bytes),
   }
   memory["total"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
-  return Terms(float(cost["flops"]), float(cost["bytes accessed"]), seconds, sent, counts, memory)
+  return Terms(
+      float(cost["flops"]),
+      float(cost["bytes accessed"]),
+      seconds,
+      sent,
+      counts,
+      memory,
+      dataclasses.asdict(per_op(hlo_text, gen.peak_bf16_flops, gen.hbm_bandwidth)),
+  )
 
 
 def bound(terms: Terms, gen: Any, model_flops_per_chip: float) -> dict[str, Any]:
@@ -464,6 +660,8 @@ def bound(terms: Terms, gen: Any, model_flops_per_chip: float) -> dict[str, Any]
   parts = {"compute": compute, "memory": memory, "communication": communication}
   overlapped, serial = max(parts.values()), sum(parts.values())
   ideal = model_flops_per_chip / gen.peak_bf16_flops
+  per_op_seconds = terms.per_op.get("seconds", 0.0)
+  step_per_op = max(per_op_seconds, communication)
   return {
       "seconds": parts,
       "bound_by": max(parts, key=parts.get),
@@ -471,6 +669,10 @@ def bound(terms: Terms, gen: Any, model_flops_per_chip: float) -> dict[str, Any]
       "step_seconds_serial": serial,
       "mfu_bound": ideal / overlapped,
       "mfu_no_overlap": ideal / serial,
+      "per_op": terms.per_op,
+      "step_seconds_per_op": step_per_op,
+      "mfu_per_op": ideal / step_per_op if per_op_seconds else None,
+      "mfu_per_op_serial": ideal / (per_op_seconds + communication) if per_op_seconds else None,
       "flops_per_chip": terms.flops,
       "model_flops_per_chip": model_flops_per_chip,
       "hbm_bytes_per_chip": terms.hbm_bytes,
@@ -585,6 +787,109 @@ def plan_roofline(
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """One plan of a sharding search: a mesh ("fsdp=16,model=4"), remat policy, attention."""
+
+  mesh: str
+  remat: str
+  attention: str = "jax"
+  num_microbatches: int | None = None
+
+  @property
+  def label(self) -> str:
+    micro = f" x{self.num_microbatches} microbatches" if self.num_microbatches else ""
+    return f"mesh {self.mesh}, remat {self.remat}, attention {self.attention}{micro}"
+
+
+def search(
+    config: Any,
+    topology_name: str,
+    candidates: Sequence[Candidate],
+    *,
+    batch_size: int,
+    inputs_length: int,
+    targets_length: int,
+    hbm_limit_bytes: int | None = None,
+    compiler_options: dict[str, Any] | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
+  """Every candidate's full-depth train step compiled (scanned, as it trains) for its memory; the
+  roofline of those that fit; best per-op MFU estimate first, then those that do not fit.
+
+  `hbm_limit_bytes`: what a plan may use per chip (default: the chip's HBM; the compiler's own
+  out-of-memory verdict applies either way).
+  """
+  from launch import aot_compile, topologies  # pylint: disable=g-import-not-at-top
+
+  limit = hbm_limit_bytes or topologies.get_topology(topology_name).gen.hbm_bytes
+  rows = []
+  for c in candidates:
+    chosen = _with_switches(config, c.remat, c.attention)
+    log(f"{c.label}: compiling the full-depth train step")
+    summary = aot_compile.run(
+        config.name,
+        topology_name,
+        config=chosen,
+        batch_size=batch_size,
+        inputs_length=inputs_length,
+        targets_length=targets_length,
+        mesh=c.mesh,
+        remat=c.remat,
+        dtype=chosen.decoder.dtype,
+        param_dtype=chosen.decoder.param_dtype,
+        dropout_rate=chosen.decoder.dropout_rate,
+        steps=("train",),
+        num_microbatches=c.num_microbatches,
+    )
+    train = summary["steps"]["train"]
+    row = {"candidate": dataclasses.asdict(c), "train": train, "limit_bytes": limit}
+    row["fits"] = train["status"] == "ok" and train["total_bytes"] <= limit
+    if row["fits"]:
+      row["roofline"] = plan_roofline(
+          chosen,
+          topology_name,
+          batch_size=batch_size,
+          inputs_length=inputs_length,
+          targets_length=targets_length,
+          mesh=c.mesh,
+          compiler_options=compiler_options,
+          num_microbatches=c.num_microbatches,
+          log=log,
+      )
+    log(f"  {format_search_row(row)}")
+    rows.append(row)
+
+  def estimate(row):
+    return (row["roofline"]["roofline"]["mfu_per_op"] or 0.0) if row["fits"] else -1.0
+
+  return sorted(rows, key=estimate, reverse=True)
+
+
+def format_search_row(row: dict[str, Any]) -> str:
+  c, train = Candidate(**row["candidate"]), row["train"]
+  used = train.get("total_bytes")
+  memory = f"{used / 2**30:.2f} GiB" if used else "?"
+  if not row["fits"]:
+    return f"{c.label}: does not fit ({memory} of {row['limit_bytes'] / 2**30:.2f} GiB)"
+  b = row["roofline"]["roofline"]
+  return (
+      f"{c.label}: {memory}; MFU per-op {100 * (b['mfu_per_op'] or 0):.1f} % (serial "
+      f"{100 * (b['mfu_per_op_serial'] or 0):.1f} %), bound {100 * b['mfu_bound']:.1f} % by "
+      f"{b['bound_by']}"
+  )
+
+
+def _with_switches(config: Any, remat: str, attention: str) -> Any:
+  """`config` with one remat policy and one attention implementation in both towers."""
+  config = config.replace(remat_policy=remat)
+  return dataclasses.replace(
+      config,
+      vision=dataclasses.replace(config.vision, attention=attention),
+      decoder=dataclasses.replace(config.decoder, attention=attention),
+  )
+
+
 def format_roofline(r: dict[str, Any]) -> str:
   b = r["roofline"]
   s = b["seconds"]
@@ -599,6 +904,13 @@ def format_roofline(r: dict[str, Any]) -> str:
       f"  MFU <= {100 * b['mfu_bound']:.1f} % (bound by {b['bound_by']}); "
       f"{100 * b['mfu_no_overlap']:.1f} % without overlap",
   ]
+  if b.get("mfu_per_op"):
+    p = b["per_op"]
+    lines.append(
+        f"  per-op: {p['seconds']:.3f} s ({p['compute_bound_seconds']:.3f} s in compute-bound "
+        f"instructions) -> MFU {100 * b['mfu_per_op']:.1f} % with collectives hidden, "
+        f"{100 * b['mfu_per_op_serial']:.1f} % without"
+    )
   for kind, c in b["collectives"].items():
     if c["count"]:
       lines.append(
@@ -612,7 +924,12 @@ def main(argv: list[str] | None = None) -> int:
   from launch import aot_compile  # pylint: disable=g-import-not-at-top
   from medpalm.models import configs  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog="With --search, --mesh, --remat, --attention and --num_microbatches may each be "
+      "given several times: every combination is compiled at full depth for its memory, and "
+      "those that fit get a roofline, best estimate first.",
+  )
   parser.add_argument("--config", choices=list(configs.CONFIGS))
   parser.add_argument(
       "--calibration", choices=list(CALIBRATION), help="a published MaxText run instead"
@@ -621,19 +938,27 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--batch_size", type=int)
   parser.add_argument("--inputs_length", type=int, default=966)
   parser.add_argument("--targets_length", type=int, default=256)
-  parser.add_argument("--mesh", default="fsdp=-1")
-  parser.add_argument("--remat", default="full", choices=configs.REMAT_POLICIES)
-  parser.add_argument("--attention", default="jax", choices=configs.ATTENTION_IMPLEMENTATIONS)
+  parser.add_argument("--mesh", action="append", help="default fsdp=-1")
+  parser.add_argument("--remat", action="append", choices=configs.REMAT_POLICIES)
+  parser.add_argument("--attention", action="append", choices=configs.ATTENTION_IMPLEMENTATIONS)
+  parser.add_argument("--num_microbatches", type=int, action="append")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--dropout_rate", type=float, default=0.1)
-  parser.add_argument("--num_microbatches", type=int, default=None)
   parser.add_argument("--compiler_option", action="append", default=[], metavar="NAME=VALUE")
+  parser.add_argument("--search", action="store_true", help="a sharding search (see below)")
+  parser.add_argument(
+      "--hbm_limit_gib", type=float, help="--search: memory a plan may use per chip (headroom)"
+  )
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--out", default=None, help="also write the JSON here")
   args = parser.parse_args(argv)
   log = lambda m: print(m, file=sys.stderr)
+  meshes, remats = args.mesh or ["fsdp=-1"], args.remat or ["full"]
+  attentions, micro = args.attention or ["jax"], args.num_microbatches or [None]
+  if not args.search and max(len(meshes), len(remats), len(attentions), len(micro)) > 1:
+    parser.error("several --mesh/--remat/--attention/--num_microbatches need --search")
   if args.calibration:
-    result = calibration_roofline(args.calibration, args.attention, log=log)
+    result = calibration_roofline(args.calibration, attentions[0], log=log)
     published = result["calibration"]["published_mfu"]
     print(json.dumps(result, indent=1) if args.json else format_roofline(result))
     print(f"published MFU {100 * published:.2f} %")
@@ -641,24 +966,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   if not (args.config and args.topology and args.batch_size):
     parser.error("--config, --topology and --batch_size are required (or --calibration)")
-  config = configs.get_config(args.config).replace(
-      dtype=args.dtype, remat_policy=args.remat, dropout_rate=args.dropout_rate
-  )
-  config = dataclasses.replace(
-      config,
-      vision=dataclasses.replace(config.vision, attention=args.attention),
-      decoder=dataclasses.replace(config.decoder, attention=args.attention),
-  )
+  config = configs.get_config(args.config).replace(dtype=args.dtype, dropout_rate=args.dropout_rate)
+  options = dict(aot_compile._parse_option(o) for o in args.compiler_option)  # pylint: disable=protected-access
+  lengths = dict(inputs_length=args.inputs_length, targets_length=args.targets_length)
+  if args.search:
+    candidates = [
+        Candidate(m, r, a, n) for m in meshes for r in remats for a in attentions for n in micro
+    ]
+    limit = int(args.hbm_limit_gib * 2**30) if args.hbm_limit_gib else None
+    rows = search(
+        config, args.topology, candidates, batch_size=args.batch_size, hbm_limit_bytes=limit,
+        compiler_options=options, log=log, **lengths,
+    )  # fmt: skip
+    print(json.dumps(rows, indent=1) if args.json else "\n".join(map(format_search_row, rows)))
+    _write(args.out, rows)
+    return 0
   result = plan_roofline(
-      config,
+      _with_switches(config, remats[0], attentions[0]),
       args.topology,
       batch_size=args.batch_size,
-      inputs_length=args.inputs_length,
-      targets_length=args.targets_length,
-      mesh=args.mesh,
-      compiler_options=dict(aot_compile._parse_option(o) for o in args.compiler_option),  # pylint: disable=protected-access
-      num_microbatches=args.num_microbatches,
+      mesh=meshes[0],
+      compiler_options=options,
+      num_microbatches=micro[0],
       log=log,
+      **lengths,
   )
   print(json.dumps(result, indent=1) if args.json else format_roofline(result))
   _write(args.out, result)
