@@ -185,6 +185,7 @@ ENTRY %main (x: bf16[512,1024], w: bf16[1024,2048], v: f32[4194304], a: bf16[4,2
   %c = bf16[4,256,256]{2,1,0:T(8,128)(2,1)} fusion(%a, %k), kind=kOutput, calls=%batched
   %cs = (f32[256,256]{1,0:S(1)}, f32[256,256]{1,0}, u32[]{:S(2)}) copy-start(%s)
   %cd = f32[256,256]{1,0:S(1)} copy-done(%cs)
+  %kernel = bf16[512,1024]{1,0} custom-call(%x), custom_call_target="tpu_custom_call"
   %g = bf16[2048,2048]{1,0} all-gather(%w), channel_id=1, replica_groups=[1,2]<=[2], dimensions={0}, use_global_device_ids=true
   ROOT %r = f32[] constant(0)
 }
@@ -197,17 +198,20 @@ def test_per_op_time_adds_each_instructions_own_bottleneck():
 
   matmul_flops, matmul_bytes = 2 * 512 * 2048 * 1024, 2 * (512 * 1024 + 1024 * 2048 + 512 * 2048)
   scale_bytes = 2 * 4 * 4194304
+  kernel_bytes = 2 * 2 * 512 * 1024  # a Mosaic kernel: its traffic counts, its FLOPs cannot
   # The batched matmul: 4 x [256, 128] @ [128, 256]; its input `a` lives in on-chip memory
   # (layout S(1)), so only the kernel and the result cross HBM.
   conv_flops, conv_bytes = 2 * 4 * 256 * 128 * 256, 2 * (128 * 256 + 4 * 256 * 256)
   assert found.matmul_flops == matmul_flops + conv_flops
-  assert found.hbm_bytes == matmul_bytes + scale_bytes + conv_bytes
+  assert found.hbm_bytes == matmul_bytes + scale_bytes + conv_bytes + kernel_bytes
+  assert found.kernel_calls == 1
   # The all-gather is communication; the prefetch runs beside the fusions and is only recorded.
   assert found.async_copy_bytes == 4 * 256 * 256
   each = [
       max(matmul_flops / peak, matmul_bytes / bandwidth),  # compute-bound: 10.9 us vs 9.0 us
       scale_bytes / bandwidth,  # memory-bound: 41 us
       max(conv_flops / peak, conv_bytes / bandwidth),
+      kernel_bytes / bandwidth,
   ]
   assert found.seconds == pytest.approx(sum(each), rel=1e-12)
   assert found.compute_bound_seconds == pytest.approx(matmul_flops / peak, rel=1e-12)
