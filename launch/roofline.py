@@ -68,7 +68,7 @@ _DTYPE_BYTES = {
 }  # fmt: skip
 _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$")
 _CALLS = re.compile(
     r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)"
 )
@@ -89,6 +89,7 @@ class Instruction:
   type_text: str
   opcode: str
   rest: str  # operands and attributes
+  is_root: bool = False
 
   def attribute(self, key: str) -> str | None:
     found = re.search(
@@ -128,9 +129,11 @@ def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str]:
     found = _INSTRUCTION.match(line)
     if not found:
       continue
-    type_text, rest = _split_type(found.group(2))
+    type_text, rest = _split_type(found.group(3))
     opcode, _, rest = rest.partition("(")
-    computations[current].append(Instruction(found.group(1), type_text, opcode.strip(), rest))
+    computations[current].append(
+        Instruction(found.group(2), type_text, opcode.strip(), rest, bool(found.group(1)))
+    )
   if not entry:
     raise ValueError("no ENTRY computation in the HLO text")
   return computations, entry
@@ -323,7 +326,8 @@ _LAID_OUT = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\](\{[^}]*
 _FREE = {
     "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
     "add-dependency", "opt-barrier", "partition-id", "replica-id", "while", "conditional", "call",
-    "copy-start", "copy-done", "send", "send-done", "recv", "recv-done",
+    "copy-start", "copy-done", "slice-start", "slice-done", "send", "send-done", "recv",
+    "recv-done",
 }  # fmt: skip
 _EXECUTED_EDGES = re.compile(r"\b(body|condition|true_computation|false_computation)=%?([\w.\-]+)")
 
@@ -417,6 +421,66 @@ def matmul_flops(instruction: Instruction, types: dict[str, str]) -> float:
   return 2.0 * fma
 
 
+def _array_size(type_text: str) -> int:
+  """Bytes of the (first) array of a type, wherever it lives."""
+  return (array_bytes(type_text) or [0])[0]
+
+
+def _fusion_hbm_bytes(
+    fusion: Instruction, fused: list[Instruction], types: dict[str, str]
+) -> float:
+  """HBM bytes a fusion moves, as XLA's cost analysis reads fusions: an operand read only
+  through slices costs the slices; one updated in place (`dynamic-update-slice`, operand 0)
+  costs nothing to read and only the update to write; a buffer the fusion only passes through
+  (the compiler's async collective fusions carry their collective's buffers this way) and a
+  collective's result cost nothing here; anything else reads the whole operand."""
+  users: dict[str, list[tuple[Instruction, int]]] = {}
+  for i in fused:
+    for position, name in enumerate(_operands(i)):
+      users.setdefault(name, []).append((i, position))
+
+  def read(name: str, whole: int) -> int:
+    total = 0
+    for user, position in users.get(name, ()):
+      if user.opcode in ("slice", "dynamic-slice") and position == 0:
+        total += _array_size(user.type_text)
+      elif user.opcode == "dynamic-update-slice" and position == 0:
+        continue  # aliased with the result: updated in place
+      elif user.opcode == "bitcast":
+        total += read(user.name, whole)
+      elif user.opcode == "tuple" and user.is_root:
+        continue  # passed through untouched (an async collective's buffers)
+      else:
+        return whole
+    return min(total, whole)
+
+  params = {
+      int(m.group(1)): i.name
+      for i in fused
+      if i.opcode == "parameter" and (m := re.match(r"\s*(\d+)\)", i.rest))
+  }
+  moved = 0
+  for k, name in enumerate(_operands(fusion)):
+    whole = hbm_bytes(types.get(name, ""))
+    moved += read(params[k], whole) if whole and k in params else whole
+  root = next((i for i in fused if i.is_root), None)
+  by_name = {i.name: i for i in fused}
+  outputs = [by_name.get(n) for n in _operands(root)] if root and root.opcode == "tuple" else [root]
+  laid_out = _LAID_OUT.findall(fusion.type_text)
+  if len(outputs) != len(laid_out):
+    return moved + hbm_bytes(fusion.type_text)
+  for out, (dtype, dims, layout) in zip(outputs, laid_out):
+    written = hbm_bytes(f"{dtype}[{dims}]{layout}")
+    if out is not None and (
+        out.opcode == "parameter" or out.opcode.removesuffix("-start") in COLLECTIVES
+    ):
+      written = 0  # a buffer passed through, or a collective's result (the ICI term)
+    elif written and out is not None and out.opcode == "dynamic-update-slice":
+      written = _array_size(types.get(_operands(out)[1], ""))
+    moved += written
+  return moved
+
+
 @dataclasses.dataclass
 class PerOp:
   """Per chip, one step: each top-level instruction (fusion, copy, custom call, ...) timed as
@@ -486,7 +550,10 @@ def per_op(hlo_text: str, peak_flops: float, hbm_bandwidth: float) -> PerOp:
           if i.opcode == "fusion"
           else 0.0
       )
-      moved = hbm_bytes(i.type_text) + sum(hbm_bytes(types.get(o, "")) for o in _operands(i))
+      if i.opcode == "fusion" and called in computations:
+        moved = _fusion_hbm_bytes(i, computations[called], types)
+      else:
+        moved = hbm_bytes(i.type_text) + sum(hbm_bytes(types.get(o, "")) for o in _operands(i))
       compute, memory = flops / peak_flops, moved / hbm_bandwidth
       n = times[name]
       result.seconds += n * max(compute, memory)
@@ -557,7 +624,9 @@ CALIBRATION = {
 }  # fmt: skip
 
 
-def calibration_roofline(name: str, attention: str = "jax", log=print) -> dict[str, Any]:
+def calibration_roofline(
+    name: str, attention: str = "jax", hlo_dir: str | None = None, log=print
+) -> dict[str, Any]:
   from launch import topologies  # pylint: disable=g-import-not-at-top
 
   c = CALIBRATION[name]
@@ -579,6 +648,7 @@ def calibration_roofline(name: str, attention: str = "jax", log=print) -> dict[s
       inputs_length=config.num_image_tokens + 1,
       targets_length=c["length"] - config.num_image_tokens - 1,
       mesh=c["mesh"],
+      hlo_dir=hlo_dir,
       log=log,
   )
   result["calibration"] = {**c, "name": name}
@@ -719,11 +789,14 @@ def plan_roofline(
     mesh: str,
     compiler_options: dict[str, Any] | None = None,
     num_microbatches: int | None = None,
+    hlo_dir: str | None = None,
     log=print,
 ) -> dict[str, Any]:
   """The train-step roofline of `config` (full depth) on a slice, from three shallow compiles.
 
   `config`: a MedPalmMConfig with its runtime switches (dtype, remat, dropout, attention) set.
+  `hlo_dir`: where to keep each shallow compile's optimized HLO (`<vision>_<decoder>.hlo.gz`),
+  so the per-op estimate can be recomputed without compiling again.
   """
   import time  # pylint: disable=g-import-not-at-top
 
@@ -751,6 +824,8 @@ def plan_roofline(
     start = time.perf_counter()
     _, compiled = aot_compile.lower_and_compile(plan, "train", options)
     text = compiled.as_text()
+    if hlo_dir:
+      aot_compile._write_text(f"{hlo_dir}/{layers[0]}_{layers[1]}.hlo.gz", text)  # pylint: disable=protected-access
     loops = while_loops(text)
     if loops and not num_microbatches:
       raise RuntimeError(
@@ -818,6 +893,7 @@ def search(
     targets_length: int,
     hbm_limit_bytes: int | None = None,
     compiler_options: dict[str, Any] | None = None,
+    hlo_dir: str | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
   """Every candidate's full-depth train step compiled (scanned, as it trains) for its memory; the
@@ -861,6 +937,7 @@ def search(
           mesh=c.mesh,
           compiler_options=compiler_options,
           num_microbatches=c.num_microbatches,
+          hlo_dir=hlo_dir and os.path.join(hlo_dir, re.sub(r"[^\w.=-]+", "_", c.label)),
           log=log,
       )
     log(f"  {format_search_row(row)}")
@@ -962,6 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--out", default=None, help="also write the JSON here")
+  parser.add_argument(
+      "--hlo_dir", default=None, help="keep the shallow compiles' optimized HLO here (gzip)"
+  )
   args = parser.parse_args(argv)
   log = lambda m: print(m, file=sys.stderr)
   meshes, remats = args.mesh or ["fsdp=-1"], args.remat or ["full"]
@@ -969,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
   if not args.search and max(len(meshes), len(remats), len(attentions), len(micro)) > 1:
     parser.error("several --mesh/--remat/--attention/--num_microbatches need --search")
   if args.calibration:
-    result = calibration_roofline(args.calibration, attentions[0], log=log)
+    result = calibration_roofline(args.calibration, attentions[0], args.hlo_dir, log=log)
     published = result["calibration"]["published_mfu"]
     print(json.dumps(result, indent=1) if args.json else format_roofline(result))
     print(f"published MFU {100 * published:.2f} %")
@@ -987,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = int(args.hbm_limit_gib * 2**30) if args.hbm_limit_gib else None
     rows = search(
         config, args.topology, candidates, batch_size=args.batch_size, hbm_limit_bytes=limit,
-        compiler_options=options, log=log, **lengths,
+        compiler_options=options, hlo_dir=args.hlo_dir, log=log, **lengths,
     )  # fmt: skip
     print(json.dumps(rows, indent=1) if args.json else "\n".join(map(format_search_row, rows)))
     _write(args.out, rows)
@@ -999,6 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
       mesh=meshes[0],
       compiler_options=options,
       num_microbatches=micro[0],
+      hlo_dir=args.hlo_dir,
       log=log,
       **lengths,
   )

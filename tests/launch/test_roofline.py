@@ -173,6 +173,25 @@ HloModule per_op, entry_computation_layout={()->f32[]}
   ROOT %convolution.7 = bf16[4,256,256]{2,1,0:T(8,128)(2,1)} convolution(%p3, %p4), window={size=1}, dim_labels=0bf_io0->0bf
 }
 
+%inplace (p5: f32[1024,1024], p6: f32[8,1024]) -> f32[1024,1024] {
+  %p5 = f32[1024,1024]{1,0} parameter(0)
+  %p6 = f32[8,1024]{1,0} parameter(1)
+  %zero = s32[] constant(0)
+  ROOT %dus = f32[1024,1024]{1,0} dynamic-update-slice(%p5, %p6, %zero, %zero)
+}
+
+%sliced (p8: f32[4096,1024]) -> f32[16,1024] {
+  %p8 = f32[4096,1024]{1,0} parameter(0)
+  ROOT %first = f32[16,1024]{1,0} slice(%p8), slice={[0:16], [0:1024]}
+}
+
+%carry (p9: f32[1000], p10: bf16[256]) -> (bf16[256], f32[1000]) {
+  %p9 = f32[1000]{0} parameter(0)
+  %p10 = bf16[256]{0} parameter(1)
+  %neg = bf16[256]{0} negate(%p10)
+  ROOT %out = (bf16[256]{0}, f32[1000]{0}) tuple(%neg, %p9)
+}
+
 ENTRY %main (x: bf16[512,1024], w: bf16[1024,2048], v: f32[4194304], a: bf16[4,256,128], k: bf16[128,256,1], s: f32[256,256]) -> f32[] {
   %x = bf16[512,1024]{1,0} parameter(0)
   %w = bf16[1024,2048]{1,0} parameter(1)
@@ -180,12 +199,22 @@ ENTRY %main (x: bf16[512,1024], w: bf16[1024,2048], v: f32[4194304], a: bf16[4,2
   %a = bf16[4,256,128]{2,1,0:T(8,128)(2,1)S(1)} parameter(3)
   %k = bf16[128,256,1]{1,0,2:T(8,128)(2,1)} parameter(4)
   %s = f32[256,256]{1,0} parameter(5)
+  %r0 = f32[] constant(0)
+  %x1 = f32[256]{0} broadcast(%r0), dimensions={}
   %y = bf16[512,2048]{1,0} fusion(%x, %w), kind=kOutput, calls=%matmul
   %z = f32[4194304]{0} fusion(%v), kind=kLoop, calls=%scale
   %c = bf16[4,256,256]{2,1,0:T(8,128)(2,1)} fusion(%a, %k), kind=kOutput, calls=%batched
   %cs = (f32[256,256]{1,0:S(1)}, f32[256,256]{1,0}, u32[]{:S(2)}) copy-start(%s)
   %cd = f32[256,256]{1,0:S(1)} copy-done(%cs)
   %kernel = bf16[512,1024]{1,0} custom-call(%x), custom_call_target="tpu_custom_call"
+  %big = f32[1024,1024]{1,0} broadcast(%r0), dimensions={}
+  %rows = f32[8,1024]{1,0} broadcast(%r0), dimensions={}
+  %u = f32[1024,1024]{1,0} fusion(%big, %rows), kind=kLoop, calls=%inplace
+  %table = f32[4096,1024]{1,0} broadcast(%r0), dimensions={}
+  %head = f32[16,1024]{1,0} fusion(%table), kind=kLoop, calls=%sliced
+  %buffer = f32[1000]{0} broadcast(%r0), dimensions={}
+  %h = bf16[256]{0} convert(%x1)
+  %t = (bf16[256]{0}, f32[1000]{0}) fusion(%buffer, %h), kind=kLoop, calls=%carry
   %g = bf16[2048,2048]{1,0} all-gather(%w), channel_id=1, replica_groups=[1,2]<=[2], dimensions={0}, use_global_device_ids=true
   ROOT %r = f32[] constant(0)
 }
@@ -199,11 +228,19 @@ def test_per_op_time_adds_each_instructions_own_bottleneck():
   matmul_flops, matmul_bytes = 2 * 512 * 2048 * 1024, 2 * (512 * 1024 + 1024 * 2048 + 512 * 2048)
   scale_bytes = 2 * 4 * 4194304
   kernel_bytes = 2 * 2 * 512 * 1024  # a Mosaic kernel: its traffic counts, its FLOPs cannot
+  # Fusions read and write only what they touch: an in-place update its rows (twice), a slice
+  # its rows (twice); a buffer passed through costs nothing, the negated bf16[256] 2 x 512 bytes.
+  fused_bytes = 2 * 8 * 1024 * 4 + 2 * 16 * 1024 * 4 + 2 * 256 * 2
+  # The five broadcasts that build those operands read a scalar and write their results; the
+  # convert reads and writes.
+  built_bytes = 4 * (1024 * 1024 + 8 * 1024 + 4096 * 1024 + 1000 + 256 + 5) + 256 * (4 + 2)
   # The batched matmul: 4 x [256, 128] @ [128, 256]; its input `a` lives in on-chip memory
   # (layout S(1)), so only the kernel and the result cross HBM.
   conv_flops, conv_bytes = 2 * 4 * 256 * 128 * 256, 2 * (128 * 256 + 4 * 256 * 256)
   assert found.matmul_flops == matmul_flops + conv_flops
-  assert found.hbm_bytes == matmul_bytes + scale_bytes + conv_bytes + kernel_bytes
+  assert found.hbm_bytes == (
+      matmul_bytes + scale_bytes + conv_bytes + kernel_bytes + fused_bytes + built_bytes
+  )
   assert found.kernel_calls == 1
   # The all-gather is communication; the prefetch runs beside the fusions and is only recorded.
   assert found.async_copy_bytes == 4 * 256 * 256
@@ -212,6 +249,7 @@ def test_per_op_time_adds_each_instructions_own_bottleneck():
       scale_bytes / bandwidth,  # memory-bound: 41 us
       max(conv_flops / peak, conv_bytes / bandwidth),
       kernel_bytes / bandwidth,
+      (fused_bytes + built_bytes) / bandwidth,  # each memory-bound: their sum is exact
   ]
   assert found.seconds == pytest.approx(sum(each), rel=1e-12)
   assert found.compute_bound_seconds == pytest.approx(matmul_flops / peak, rel=1e-12)
