@@ -128,6 +128,9 @@ def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str]:
       continue
     found = _INSTRUCTION.match(line)
     if not found:
+      # An attribute that spans lines (a Mosaic kernel's metadata) continues the instruction.
+      if computations[current] and line.strip():
+        computations[current][-1].rest += " " + line.strip()
       continue
     type_text, rest = _split_type(found.group(3))
     opcode, _, rest = rest.partition("(")
@@ -421,6 +424,57 @@ def matmul_flops(instruction: Instruction, types: dict[str, str]) -> float:
   return 2.0 * fma
 
 
+_SPLASH_PHASE = re.compile(r"splash_m[hq]a_(fwd|dq|dkv)")
+# [block_q, block_kv] matmuls per grid step of each splash attention kernel: the forward's Q·Kᵀ
+# and P·V; the dq kernel recomputes Q·Kᵀ, then dO·Vᵀ and dS·K; the dkv kernel recomputes Q·Kᵀ,
+# then Pᵀ·dO, dO·Vᵀ and dSᵀ·Q (and dS·K when it is the fused backward, which writes dq too).
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+_SPLASH_DEFAULT_BLOCK = 128  # the kernel's default block size, when the metadata has none
+
+
+def splash_work(instruction: Instruction, types: dict[str, str]) -> tuple[float, float] | None:
+  """(FLOPs, HBM bytes beyond its operands and results) of one call of a splash attention
+  kernel, from its name, operands and block sizes; None for any other instruction.
+
+  Operands are [heads, length, head_dim] (queries first, then keys): FLOPs are 2 per
+  multiply-add over the whole padded block grid, an upper bound, since the kernel skips fully
+  masked blocks at run time. The kernel streams one side's blocks past each block of the other:
+  keys and values past every query block (forward, dq), queries and output gradients past every
+  key block (dkv), so each is read once per outer block, not once.
+  """
+  named = _SPLASH_PHASE.search(instruction.rest)  # the kernel's name, in its metadata
+  if instruction.opcode != "custom-call" or "tpu_custom_call" not in instruction.rest or not named:
+    return None
+  phase = named.group(1)
+  floats = [
+      (dtype, [int(d) for d in dims.split(",") if d])
+      for o in _operands(instruction)
+      for dtype, dims in _ARRAY.findall(types.get(o, ""))[:1]
+      if dtype in ("bf16", "f16", "f32") and dims.count(",") == 2
+  ]
+  if len(floats) < 2:
+    return None
+  (q_dtype, (heads, q_len, head_dim)), (_, (_, kv_len, _)) = floats[:2]
+  matmuls = _SPLASH_MATMULS[phase]
+  results = [d for d in _ARRAY.findall(instruction.type_text) if d[1].count(",") == 2]
+  if phase == "dkv" and len(results) >= 3:  # dq beside dk, dv: the fused backward
+    matmuls += 1
+  flops = matmuls * 2.0 * heads * q_len * kv_len * head_dim
+
+  def block(key: str) -> int:
+    found = re.search(rf'\\?"{key}\\?":\s*(\d+)', instruction.rest)
+    return int(found.group(1)) if found else _SPLASH_DEFAULT_BLOCK
+
+  if phase == "dkv":  # queries and output gradients, once per key block
+    outer = math.ceil(kv_len / block("block_kv_dkv"))
+    streamed = q_len
+  else:  # keys and values, once per query block
+    outer = math.ceil(q_len / block("block_q" if phase == "fwd" else "block_q_dq"))
+    streamed = kv_len
+  reread = 2 * heads * (outer - 1) * streamed * head_dim * _DTYPE_BYTES[q_dtype]
+  return flops, float(reread)
+
+
 def _array_size(type_text: str) -> int:
   """Bytes of the (first) array of a type, wherever it lives."""
   return (array_bytes(type_text) or [0])[0]
@@ -491,10 +545,11 @@ class PerOp:
   hbm_bytes: float
   compute_bound_seconds: float  # the part of `seconds` spent in compute-bound instructions
   async_copy_bytes: float  # HBM <-> on-chip prefetches (copy-start), which run beside them
-  # Executions of Mosaic kernels (`tpu_custom_call`, e.g. splash attention): their HBM traffic is
-  # counted, their FLOPs are not (invisible to XLA's cost analysis too), so a program with any
-  # is estimated too fast.
+  # Executions of Mosaic kernels (`tpu_custom_call`) other than splash attention's: their HBM
+  # traffic is counted, their FLOPs are not (invisible to XLA's cost analysis too), so a program
+  # with any is estimated too fast. Splash kernels are counted (`splash_work`).
   kernel_calls: float = 0.0
+  splash_calls: float = 0.0
 
 
 def per_op(hlo_text: str, peak_flops: float, hbm_bandwidth: float) -> PerOp:
@@ -523,37 +578,41 @@ def per_op(hlo_text: str, peak_flops: float, hbm_bandwidth: float) -> PerOp:
       if i.opcode == "call":
         todo.append((i.attribute("to_apply") or "").lstrip("%"))
 
-  def flops_of(name: str) -> float:
-    total = 0.0
-    for i in computations.get(name, ()):
-      if i.opcode in ("dot", "convolution"):
-        total += matmul_flops(i, types)
-      elif i.opcode == "fusion":
-        total += flops_of((i.attribute("calls") or "").lstrip("%"))
-    return total
-
   result = PerOp(0.0, 0.0, 0.0, 0.0, 0.0)
+
+  def work_of(i: Instruction, n: float) -> tuple[float, float]:
+    """(matmul FLOPs, HBM bytes beyond operands and results) of an instruction, fusions
+    included; counts the Mosaic kernels it runs, `n` times."""
+    if i.opcode in ("dot", "convolution"):
+      return matmul_flops(i, types), 0.0
+    if i.opcode == "fusion":
+      inner = [
+          work_of(f, n) for f in computations.get((i.attribute("calls") or "").lstrip("%"), ())
+      ]
+      return sum(f for f, _ in inner), sum(b for _, b in inner)
+    if i.opcode == "custom-call" and "tpu_custom_call" in i.rest:
+      splash = splash_work(i, types)
+      if splash is None:
+        result.kernel_calls += n
+        return 0.0, 0.0
+      result.splash_calls += n
+      return splash
+    return 0.0, 0.0
+
   for name in executed:
     for i in computations[name]:
       if i.opcode == "copy-start":
         result.async_copy_bytes += times[name] * max(array_bytes(i.type_text) or [0])
-      if i.opcode == "custom-call" and "tpu_custom_call" in i.rest:
-        result.kernel_calls += times[name]
       kind = i.opcode.removesuffix("-start").removesuffix("-done")
       if i.opcode in _FREE or kind in COLLECTIVES or i.opcode.endswith("-done"):
         continue
       called = (i.attribute("calls") or "").lstrip("%")
-      flops = (
-          matmul_flops(i, types)
-          if i.opcode in ("dot", "convolution")
-          else flops_of(called)
-          if i.opcode == "fusion"
-          else 0.0
-      )
+      flops, streamed = work_of(i, times[name])
       if i.opcode == "fusion" and called in computations:
         moved = _fusion_hbm_bytes(i, computations[called], types)
       else:
         moved = hbm_bytes(i.type_text) + sum(hbm_bytes(types.get(o, "")) for o in _operands(i))
+      moved += streamed
       compute, memory = flops / peak_flops, moved / hbm_bandwidth
       n = times[name]
       result.seconds += n * max(compute, memory)
@@ -998,6 +1057,11 @@ def format_roofline(r: dict[str, Any]) -> str:
       lines.append(
           f"  ({p['kernel_calls']:.0f} Mosaic kernel calls: their FLOPs are not counted, so "
           "the per-op estimate is too fast)"
+      )
+    if p.get("splash_calls"):
+      lines.append(
+          f"  ({p['splash_calls']:.0f} splash attention kernel calls: counted by the per-op "
+          "estimate over their whole block grid; the compute term above, XLA's, leaves them out)"
       )
   for kind, c in b["collectives"].items():
     if c["count"]:

@@ -303,6 +303,48 @@ def test_per_op_matmul_flops_equal_xlas_count_on_compiled_matmuls():
   )
 
 
+@pytest.mark.tpu_backend
+@pytest.mark.slow
+def test_per_op_counts_splash_attention_like_xla_counts_the_reference_path():
+  """The splash kernels' FLOPs, invisible to XLA, come from their names, operands and blocks:
+  forward 2 matmuls, dq 3, dkv 4 per head and example over the padded block grid. The reference
+  path's 6 (forward 2, backward 4), as XLA counts them, scaled to 9 matmuls and the padded
+  lengths, must give the same figure."""
+  from medpalm import partitioning
+  from medpalm.models import layers, multimodal
+
+  devices = topologies.tpu_devices(topologies.get_topology("v5e:2x2"))
+  mesh = partitioning.make_mesh(data=1, fsdp=2, model=2, devices=devices)
+  b, t, h, k = 4, 1222, 8, 128  # padded to 1280 (10 blocks of 128) inside the kernel
+  spec = lambda names: NamedSharding(mesh, P(*names))
+  q = jax.ShapeDtypeStruct(
+      (b, t, h, k), jnp.bfloat16, sharding=spec((("data", "fsdp"), None, "model"))
+  )
+  kv = jax.ShapeDtypeStruct((b, t, 1, k), jnp.bfloat16, sharding=spec((("data", "fsdp"),)))
+  prefix = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=spec((("data", "fsdp"),)))
+
+  def compiled(implementation):
+    def step(q, k, v, prefix, cotangent):  # a cotangent that is not all ones: dO·Vᵀ is a matmul
+      mask = multimodal.attention_mask(t, prefix)
+      out = lambda q, k, v: jnp.sum(
+          layers.dot_product_attention(q, k, v, mask, jnp.bfloat16, implementation) * cotangent
+      )
+      return jax.value_and_grad(out, argnums=(0, 1, 2))(q, k, v)  # the output needs P·V
+
+    with partitioning.using(mesh), jax.default_matmul_precision("default"):
+      return jax.jit(step).lower(q, kv, kv, prefix, q).compile()
+
+  splash = roofline.per_op(compiled("splash").as_text(), 197e12, 819e9)
+  per_chip = (b // 2) * (h // 2)  # examples over fsdp, heads over model
+  assert splash.splash_calls == 3 * (b // 2) and splash.kernel_calls == 0
+  assert splash.matmul_flops == 9 * 2 * per_chip * 1280 * 1280 * k
+  reference = compiled("reference").cost_analysis()
+  reference = reference[0] if isinstance(reference, (list, tuple)) else reference
+  assert splash.matmul_flops == pytest.approx(
+      reference["flops"] * 9 / 6 * (1280 / t) ** 2, rel=0.02
+  )
+
+
 def _one_layer_per_tower():
   """One layer per tower (the scan of one layer leaves no loop, so cost_analysis sees it all),
   wide enough that matmuls dominate the elementwise FLOPs as they do at full size."""
