@@ -419,22 +419,24 @@ def test_roofline_of_a_small_step_counts_the_analytic_flops():
 @pytest.mark.parametrize("name", sorted(roofline.CALIBRATION))
 def test_calibration_models_lay_out_on_their_published_meshes(name):
   """Each published run's model builds and shards on its slice and mesh (no compile): MaxText's
-  decoder at its scale, with a stub vision tower that divides over every mesh axis."""
+  decoder at its scale or PaLM 540B, with a stub vision tower that divides over every mesh
+  axis."""
   from launch import aot_compile
 
   c = roofline.CALIBRATION[name]
   topology = topologies.get_topology(c["topology"])
-  config = roofline.maxtext_config(c["scale"], vision_width=256)
+  config = roofline.calibration_model(c, vision_width=256)
   decoder = config.decoder
   assert (decoder.d_model, decoder.num_layers, decoder.vocab_size) == {
-      16: (4096, 32, 32_000),
-      32: (8192, 32, 32_000),
-  }[c["scale"]]
+      "maxtext_16b_v5e256": (4096, 32, 32_000),
+      "maxtext_32b_v5p128": (8192, 32, 32_000),
+      "palm_540b_v4_6144": (18432, 118, 256_008),  # PaLM's 256k, padded to split 12 ways
+  }[name]
   mesh = aot_compile._parse_mesh(c["mesh"])
   plan = aot_compile.make_plan(
       config.replace(remat_policy=c["remat"]),
       topology,
-      batch_size=c["per_chip_batch"] * topology.num_chips,
+      batch_size=c.get("batch_size") or c["per_chip_batch"] * topology.num_chips,
       inputs_length=2,
       targets_length=c["length"] - 2,
       mesh_sizes=mesh,
