@@ -25,11 +25,23 @@ def _qkv(b=2, t=200, h=4, g=1, k=32, seed=0):
   return q, *kv
 
 
+def test_splash_blocks_are_the_largest_that_divide_the_padded_length():
+  assert [layers.splash_block(n) for n in (128, 256, 640, 1024, 1280, 1536, 4096)] == [
+      128,
+      256,
+      128,
+      512,
+      256,
+      512,
+      512,
+  ]
+
+
 @pytest.mark.slow
-def test_interpreted_splash_equals_the_reference_path():
-  q, k, v = _qkv()
-  t = q.shape[1]
-  prefix = jnp.asarray(np.arange(t)[None] < np.array([[50], [120]]), jnp.int32)
+@pytest.mark.parametrize("t", [200, 1000])  # one block of 256; two blocks of 512 each way
+def test_interpreted_splash_equals_the_reference_path(t):
+  q, k, v = _qkv(t=t)
+  prefix = jnp.asarray(np.arange(t)[None] < np.array([[50], [t - 80]]), jnp.int32)
   reference = lambda q, k, v, m: layers.dot_product_attention(q, k, v, m, jnp.float32, "reference")
   splash = lambda q, k, v, m: layers.splash_attention(q, k, v, m, interpret=True)
   for mask in (multimodal.attention_mask(t, prefix), None):  # prefix LM (decoder); full (ViT)
