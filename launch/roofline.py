@@ -32,7 +32,8 @@ and MFU estimate = model FLOPs / (chips x peak x per-op step), with the serial v
 `cost_analysis` counts a `while` body once whatever its trip count, so layers under `nn.scan`
 and the loops the TPU partitioner makes of big sharded matmuls ("windowed einsums") hide their
 FLOPs. The roofline of a full-size model is therefore taken from shallow copies compiled
-unrolled with windowed einsums off (no loop left: checked, `while_loops` must be 0): at depths
+unrolled with windowed einsums off (no loop left but the microbatches' accumulation, whose
+FLOPs and bytes then come from the per-op walk, which counts trip counts): at depths
 (1, 1), (2, 1) and (1, 2) (vision, decoder layers) every term is base + per-vision-layer +
 per-decoder-layer, and the three compiles give those exactly, so the full depth is
 base + (Lv - 1) x vision term + (Ld - 1) x decoder term. Collectives are counted with the trip
@@ -810,6 +811,7 @@ def program_terms(compiled: Any, hlo_text: str, devices: Sequence[Any], gen: Any
       seconds[c.kind] += c.count * c.ici_bytes / (links * gen.ici_link_bandwidth)
     sent[c.kind] += c.count * c.ici_bytes
     counts[c.kind] += c.count
+  found = per_op(hlo_text, gen.peak_bf16_flops, gen.hbm_bandwidth)
   m = compiled.memory_analysis()
   memory = {
       "argument": float(m.argument_size_in_bytes),
@@ -818,14 +820,26 @@ def program_terms(compiled: Any, hlo_text: str, devices: Sequence[Any], gen: Any
       "alias": float(m.alias_size_in_bytes),
   }
   memory["total"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
-  return Terms(
+  terms = Terms(
       float(cost["flops"]),
       float(cost["bytes accessed"]),
       seconds,
       sent,
       counts,
       memory,
-      dataclasses.asdict(per_op(hlo_text, gen.peak_bf16_flops, gen.hbm_bandwidth)),
+      dataclasses.asdict(found),
+  )
+  return _count_loops(terms, while_loops(hlo_text))
+
+
+def _count_loops(terms: Terms, loops: int) -> Terms:
+  """`cost_analysis` counts a loop body once: a program that keeps a loop (the microbatches'
+  accumulation) takes its FLOPs and HBM bytes from the per-op walk instead, which multiplies
+  each body by its trip count (matmul FLOPs only; bytes outside on-chip memory)."""
+  if not loops or not terms.per_op:
+    return terms
+  return dataclasses.replace(
+      terms, flops=terms.per_op["matmul_flops"], hbm_bytes=terms.per_op["hbm_bytes"]
   )
 
 
@@ -892,7 +906,7 @@ def rebound(result: dict[str, Any], gen: Any) -> dict[str, Any]:
   """A saved `plan_roofline` result with its roofline recomputed from the stored terms of its
   shallow compiles (no compile): what the current estimator says of an earlier run."""
   points = {
-      tuple(int(n) for n in k.split(",")): Terms(**c["terms"])
+      tuple(int(n) for n in k.split(",")): _count_loops(Terms(**c["terms"]), c["while_loops"])
       for k, c in result["compiles"].items()
   }
   full, _ = extrapolate(points, tuple(result["depth"]))

@@ -496,3 +496,20 @@ def test_rebound_recomputes_a_saved_roofline_from_its_terms(tmp_path):
   all_reduce = b["collectives"]["all-reduce"]["seconds"]
   assert b["step_seconds_estimate"] == pytest.approx(b["per_op"]["seconds"] + all_reduce)
   assert b["mfu_per_op_serial"] <= b["mfu_estimate"] <= b["mfu_per_op"]
+
+
+def test_a_program_that_keeps_a_loop_takes_its_flops_from_the_per_op_walk():
+  """The microbatches' accumulation loop stays in the program; `cost_analysis` counts its body
+  once, the per-op walk its trip count times, so the roofline's compute and memory terms take the
+  walk's figures there (and keep `cost_analysis`'s where no loop is left)."""
+  kinds = {k: 0.0 for k in roofline.COLLECTIVES}
+  per_op = {"seconds": 1.0, "matmul_flops": 8e12, "hbm_bytes": 3e9}
+  terms = roofline.Terms(4e12, 2e9, kinds, kinds, kinds, {}, per_op)
+  assert (roofline._count_loops(terms, 0).flops, roofline._count_loops(terms, 0).hbm_bytes) == (
+      4e12,
+      2e9,
+  )
+  assert (roofline._count_loops(terms, 1).flops, roofline._count_loops(terms, 1).hbm_bytes) == (
+      8e12,
+      3e9,
+  )
