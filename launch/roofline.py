@@ -623,7 +623,7 @@ def per_op(hlo_text: str, peak_flops: float, hbm_bandwidth: float) -> PerOp:
   return result
 
 
-# --- calibration: published MaxText and PaLM runs ---------------------------------------------------
+# --- calibration: published MaxText and PaLM runs -------------------------------------------
 
 
 def maxtext_config(scale: int, vision_width: int) -> Any:
@@ -829,17 +829,21 @@ def program_terms(compiled: Any, hlo_text: str, devices: Sequence[Any], gen: Any
       memory,
       dataclasses.asdict(found),
   )
-  return _count_loops(terms, while_loops(hlo_text))
+  return _with_walk_counts(terms, while_loops(hlo_text))
 
 
-def _count_loops(terms: Terms, loops: int) -> Terms:
-  """`cost_analysis` counts a loop body once: a program that keeps a loop (the microbatches'
-  accumulation) takes its FLOPs and HBM bytes from the per-op walk instead, which multiplies
-  each body by its trip count (matmul FLOPs only; bytes outside on-chip memory)."""
-  if not loops or not terms.per_op:
+def _with_walk_counts(terms: Terms, loops: int) -> Terms:
+  """`cost_analysis` misses two kinds of work that the per-op walk counts: a loop body's trips
+  after the first (the microbatches' accumulation loop) and the FLOPs of splash attention's
+  kernels. The compute term takes the larger of the two FLOP counts (the walk's are matmul FLOPs
+  only); a program that keeps a loop takes its HBM bytes from the walk too (bytes outside
+  on-chip memory)."""
+  if not terms.per_op:
     return terms
   return dataclasses.replace(
-      terms, flops=terms.per_op["matmul_flops"], hbm_bytes=terms.per_op["hbm_bytes"]
+      terms,
+      flops=max(terms.flops, terms.per_op["matmul_flops"]),
+      hbm_bytes=terms.per_op["hbm_bytes"] if loops else terms.hbm_bytes,
   )
 
 
@@ -906,7 +910,7 @@ def rebound(result: dict[str, Any], gen: Any) -> dict[str, Any]:
   """A saved `plan_roofline` result with its roofline recomputed from the stored terms of its
   shallow compiles (no compile): what the current estimator says of an earlier run."""
   points = {
-      tuple(int(n) for n in k.split(",")): _count_loops(Terms(**c["terms"]), c["while_loops"])
+      tuple(int(n) for n in k.split(",")): _with_walk_counts(Terms(**c["terms"]), c["while_loops"])
       for k, c in result["compiles"].items()
   }
   full, _ = extrapolate(points, tuple(result["depth"]))
@@ -1140,8 +1144,8 @@ def format_roofline(r: dict[str, Any]) -> str:
       )
     if p.get("splash_calls"):
       lines.append(
-          f"  ({p['splash_calls']:.0f} splash attention kernel calls: counted by the per-op "
-          "estimate over their whole block grid; the compute term above, XLA's, leaves them out)"
+          f"  ({p['splash_calls']:.0f} splash attention kernel calls: their FLOPs counted from "
+          "their shapes over the whole block grid, in the per-op estimate and the compute term)"
       )
   for kind, c in b["collectives"].items():
     if c["count"]:

@@ -498,18 +498,24 @@ def test_rebound_recomputes_a_saved_roofline_from_its_terms(tmp_path):
   assert b["mfu_per_op_serial"] <= b["mfu_estimate"] <= b["mfu_per_op"]
 
 
-def test_a_program_that_keeps_a_loop_takes_its_flops_from_the_per_op_walk():
-  """The microbatches' accumulation loop stays in the program; `cost_analysis` counts its body
-  once, the per-op walk its trip count times, so the roofline's compute and memory terms take the
-  walk's figures there (and keep `cost_analysis`'s where no loop is left)."""
+def test_work_that_cost_analysis_misses_comes_from_the_per_op_walk():
+  """`cost_analysis` counts a loop body once (the microbatches' accumulation stays a loop) and
+  cannot see inside Mosaic kernels (splash attention); the per-op walk counts both, so the
+  compute term takes the larger FLOP count, and a program with a loop the walk's HBM bytes."""
   kinds = {k: 0.0 for k in roofline.COLLECTIVES}
-  per_op = {"seconds": 1.0, "matmul_flops": 8e12, "hbm_bytes": 3e9}
-  terms = roofline.Terms(4e12, 2e9, kinds, kinds, kinds, {}, per_op)
-  assert (roofline._count_loops(terms, 0).flops, roofline._count_loops(terms, 0).hbm_bytes) == (
-      4e12,
+  terms = lambda flops, matmul: roofline.Terms(
+      flops,
       2e9,
+      kinds,
+      kinds,
+      kinds,
+      {},
+      {"seconds": 1.0, "matmul_flops": matmul, "hbm_bytes": 3e9},
   )
-  assert (roofline._count_loops(terms, 1).flops, roofline._count_loops(terms, 1).hbm_bytes) == (
-      8e12,
-      3e9,
+  counted = lambda t, loops: (
+      roofline._with_walk_counts(t, loops).flops,
+      roofline._with_walk_counts(t, loops).hbm_bytes,
   )
+  assert counted(terms(4e12, 3.9e12), 0) == (4e12, 2e9)  # elementwise FLOPs on top of matmuls
+  assert counted(terms(4e12, 8e12), 1) == (8e12, 3e9)  # the loop's second trip
+  assert counted(terms(4e12, 5e12), 0) == (5e12, 2e9)  # a splash kernel's matmuls
