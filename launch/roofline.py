@@ -438,7 +438,8 @@ def splash_work(instruction: Instruction, types: dict[str, str]) -> tuple[float,
   """(FLOPs, HBM bytes beyond its operands and results) of one call of a splash attention
   kernel, from its name, operands and block sizes; None for any other instruction.
 
-  Operands are [heads, length, head_dim] (queries first, then keys): FLOPs are 2 per
+  Operands are [..., heads, length, head_dim] (queries first, then keys; leading dims are a
+  batch that `vmap` gave the kernel, e.g. the ViT's static-mask call): FLOPs are 2 per
   multiply-add over the whole padded block grid, an upper bound, since the kernel skips fully
   masked blocks at run time. The kernel streams one side's blocks past each block of the other:
   keys and values past every query block (forward, dq), queries and output gradients past every
@@ -452,16 +453,21 @@ def splash_work(instruction: Instruction, types: dict[str, str]) -> tuple[float,
       (dtype, [int(d) for d in dims.split(",") if d])
       for o in _operands(instruction)
       for dtype, dims in _ARRAY.findall(types.get(o, ""))[:1]
-      if dtype in ("bf16", "f16", "f32") and dims.count(",") == 2
+      if dtype in ("bf16", "f16", "f32") and dims.count(",") >= 2
   ]
   if len(floats) < 2:
     return None
-  (q_dtype, (heads, q_len, head_dim)), (_, (_, kv_len, _)) = floats[:2]
+  (q_dtype, q_dims), (_, k_dims) = floats[:2]
+  batch, (heads, q_len, head_dim), kv_len = math.prod(q_dims[:-3]), q_dims[-3:], k_dims[-2]
   matmuls = _SPLASH_MATMULS[phase]
-  results = [d for d in _ARRAY.findall(instruction.type_text) if d[1].count(",") == 2]
-  if phase == "dkv" and len(results) >= 3:  # dq beside dk, dv: the fused backward
+  gradients = [  # results shaped like the queries or keys (not the kernel's scratch)
+      dims
+      for _, dims in _ARRAY.findall(instruction.type_text)
+      if [int(d) for d in dims.split(",") if d] in (q_dims, k_dims)
+  ]
+  if phase == "dkv" and len(gradients) >= 3:  # dq beside dk, dv: the fused backward
     matmuls += 1
-  flops = matmuls * 2.0 * heads * q_len * kv_len * head_dim
+  flops = matmuls * 2.0 * batch * heads * q_len * kv_len * head_dim
 
   def block(key: str) -> int:
     found = re.search(rf'\\?"{key}\\?":\s*(\d+)', instruction.rest)
@@ -473,7 +479,7 @@ def splash_work(instruction: Instruction, types: dict[str, str]) -> tuple[float,
   else:  # keys and values, once per query block
     outer = math.ceil(q_len / block("block_q" if phase == "fwd" else "block_q_dq"))
     streamed = kv_len
-  reread = 2 * heads * (outer - 1) * streamed * head_dim * _DTYPE_BYTES[q_dtype]
+  reread = 2 * batch * heads * (outer - 1) * streamed * head_dim * _DTYPE_BYTES[q_dtype]
   return flops, float(reread)
 
 
@@ -907,13 +913,22 @@ def _terms_json(t: Terms) -> dict:
   return dataclasses.asdict(t)
 
 
-def rebound(result: dict[str, Any], gen: Any) -> dict[str, Any]:
+def rebound(result: dict[str, Any], gen: Any, hlo_dir: str | None = None) -> dict[str, Any]:
   """A saved `plan_roofline` result with its roofline recomputed from the stored terms of its
-  shallow compiles (no compile): what the current estimator says of an earlier run."""
-  points = {
-      tuple(int(n) for n in k.split(",")): _with_walk_counts(Terms(**c["terms"]), c["while_loops"])
-      for k, c in result["compiles"].items()
-  }
+  shallow compiles (no compile): what the current estimator says of an earlier run. With the
+  run's `hlo_dir`, the per-op walk is redone on the kept HLO too."""
+  import gzip  # pylint: disable=g-import-not-at-top
+
+  points = {}
+  for k, c in result["compiles"].items():
+    terms = Terms(**c["terms"])
+    hlo = hlo_dir and os.path.join(hlo_dir, f"{k.replace(',', '_')}.hlo.gz")
+    if hlo and os.path.exists(hlo):
+      with gzip.open(hlo, "rt", encoding="utf-8") as f:
+        found = per_op(f.read(), gen.peak_bf16_flops, gen.hbm_bandwidth)
+      terms = dataclasses.replace(terms, per_op=dataclasses.asdict(found))
+      c["terms"] = _terms_json(terms)
+    points[tuple(int(n) for n in k.split(","))] = _with_walk_counts(terms, c["while_loops"])
   full, _ = extrapolate(points, tuple(result["depth"]))
   return {**result, "roofline": bound(full, gen, result["roofline"]["model_flops_per_chip"])}
 
@@ -1188,7 +1203,8 @@ def main(argv: list[str] | None = None) -> int:
       nargs="+",
       metavar="JSON",
       help="recompute the roofline figures of saved results (--out files, searches included) "
-      "from their stored terms with the current estimator, in place; compiles nothing",
+      "from their stored terms with the current estimator, in place; compiles nothing (with "
+      "--hlo_dir: the run's kept HLO, the per-op walk is redone on it)",
   )
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--out", default=None, help="also write the JSON here")
@@ -1209,10 +1225,12 @@ def main(argv: list[str] | None = None) -> int:
       if isinstance(saved, list):  # a search: each candidate that fit has its roofline
         for row in saved:
           if row.get("roofline"):
-            row["roofline"] = rebound(row["roofline"], gen(row["roofline"]))
+            label = re.sub(r"[^\w.=-]+", "_", Candidate(**row["candidate"]).label)
+            hlo = args.hlo_dir and os.path.join(args.hlo_dir, label)
+            row["roofline"] = rebound(row["roofline"], gen(row["roofline"]), hlo)
         print(f"{path}:\n" + "\n".join(map(format_search_row, saved)))
       else:
-        saved = rebound(saved, gen(saved))
+        saved = rebound(saved, gen(saved), args.hlo_dir)
         print(f"{path}:\n{format_roofline(saved)}")
       _write(path, saved)
     return 0

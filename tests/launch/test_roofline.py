@@ -325,9 +325,9 @@ def test_per_op_counts_splash_attention_like_xla_counts_the_reference_path():
   kv = jax.ShapeDtypeStruct((b, t, 1, k), jnp.bfloat16, sharding=spec((("data", "fsdp"),)))
   prefix = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=spec((("data", "fsdp"),)))
 
-  def compiled(implementation):
+  def compiled(implementation, masked=True):
     def step(q, k, v, prefix, cotangent):  # a cotangent that is not all ones: dO·Vᵀ is a matmul
-      mask = multimodal.attention_mask(t, prefix)
+      mask = multimodal.attention_mask(t, prefix) if masked else None  # None: the ViT's
       out = lambda q, k, v: jnp.sum(
           layers.dot_product_attention(q, k, v, mask, jnp.bfloat16, implementation) * cotangent
       )
@@ -345,6 +345,16 @@ def test_per_op_counts_splash_attention_like_xla_counts_the_reference_path():
   assert splash.matmul_flops == pytest.approx(
       reference["flops"] * 9 / 6 * (1280 / t) ** 2, rel=0.02
   )
+  # The ViT's 256 patches need no padding and no mask: the kernel's static full mask, vmapped
+  # over the examples (a leading batch dimension on its operands, no loop), counted the same way.
+  vit = dict(shape=(b, 256, h, k), dtype=jnp.bfloat16, sharding=q.sharding)
+  with partitioning.using(mesh), jax.default_matmul_precision("default"):
+    patches = jax.ShapeDtypeStruct(**vit)
+    attend = lambda q: jnp.sum(layers.dot_product_attention(q, q, q, None, jnp.bfloat16, "splash"))
+    text = jax.jit(jax.value_and_grad(attend)).lower(patches).compile().as_text()
+  full = roofline.per_op(text, 197e12, 819e9)
+  assert full.kernel_calls == 0 and full.splash_calls > 0
+  assert full.matmul_flops == 9 * 2 * per_chip * 256 * 256 * k
 
 
 def _one_layer_per_tower():
