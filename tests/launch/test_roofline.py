@@ -317,7 +317,7 @@ def test_per_op_counts_splash_attention_like_xla_counts_the_reference_path():
 
   devices = topologies.tpu_devices(topologies.get_topology("v5e:2x2"))
   mesh = partitioning.make_mesh(data=1, fsdp=2, model=2, devices=devices)
-  b, t, h, k = 4, 1222, 8, 128  # padded to 1280 (10 blocks of 128) inside the kernel
+  b, t, h, k = 4, 1222, 8, 128  # padded to 1280 (5 blocks of 256) inside the kernel
   spec = lambda names: NamedSharding(mesh, P(*names))
   q = jax.ShapeDtypeStruct(
       (b, t, h, k), jnp.bfloat16, sharding=spec((("data", "fsdp"), None, "model"))
@@ -325,9 +325,9 @@ def test_per_op_counts_splash_attention_like_xla_counts_the_reference_path():
   kv = jax.ShapeDtypeStruct((b, t, 1, k), jnp.bfloat16, sharding=spec((("data", "fsdp"),)))
   prefix = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=spec((("data", "fsdp"),)))
 
-  def compiled(implementation, masked=True):
+  def compiled(implementation):
     def step(q, k, v, prefix, cotangent):  # a cotangent that is not all ones: dO·Vᵀ is a matmul
-      mask = multimodal.attention_mask(t, prefix) if masked else None  # None: the ViT's
+      mask = multimodal.attention_mask(t, prefix)
       out = lambda q, k, v: jnp.sum(
           layers.dot_product_attention(q, k, v, mask, jnp.bfloat16, implementation) * cotangent
       )
@@ -347,9 +347,8 @@ def test_per_op_counts_splash_attention_like_xla_counts_the_reference_path():
   )
   # The ViT's 256 patches need no padding and no mask: the kernel's static full mask, vmapped
   # over the examples (a leading batch dimension on its operands, no loop), counted the same way.
-  vit = dict(shape=(b, 256, h, k), dtype=jnp.bfloat16, sharding=q.sharding)
+  patches = jax.ShapeDtypeStruct((b, 256, h, k), jnp.bfloat16, sharding=q.sharding)
   with partitioning.using(mesh), jax.default_matmul_precision("default"):
-    patches = jax.ShapeDtypeStruct(**vit)
     attend = lambda q: jnp.sum(layers.dot_product_attention(q, q, q, None, jnp.bfloat16, "splash"))
     text = jax.jit(jax.value_and_grad(attend)).lower(patches).compile().as_text()
   full = roofline.per_op(text, 197e12, 819e9)
