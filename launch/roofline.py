@@ -919,7 +919,7 @@ def rebound(result: dict[str, Any], gen: Any, hlo_dir: str | None = None) -> dic
   run's `hlo_dir`, the per-op walk is redone on the kept HLO too."""
   import gzip  # pylint: disable=g-import-not-at-top
 
-  points = {}
+  points, compiles = {}, {}
   for k, c in result["compiles"].items():
     terms = Terms(**c["terms"])
     hlo = hlo_dir and os.path.join(hlo_dir, f"{k.replace(',', '_')}.hlo.gz")
@@ -927,10 +927,11 @@ def rebound(result: dict[str, Any], gen: Any, hlo_dir: str | None = None) -> dic
       with gzip.open(hlo, "rt", encoding="utf-8") as f:
         found = per_op(f.read(), gen.peak_bf16_flops, gen.hbm_bandwidth)
       terms = dataclasses.replace(terms, per_op=dataclasses.asdict(found))
-      c["terms"] = _terms_json(terms)
+    compiles[k] = {**c, "terms": _terms_json(terms)}
     points[tuple(int(n) for n in k.split(","))] = _with_walk_counts(terms, c["while_loops"])
   full, _ = extrapolate(points, tuple(result["depth"]))
-  return {**result, "roofline": bound(full, gen, result["roofline"]["model_flops_per_chip"])}
+  roofline = bound(full, gen, result["roofline"]["model_flops_per_chip"])
+  return {**result, "compiles": compiles, "roofline": roofline}
 
 
 def plan_roofline(
