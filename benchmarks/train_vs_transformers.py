@@ -15,6 +15,12 @@ output head and softmax skip the prompt, whose logits carry no loss) and, with
 `--all_positions`, also over every position as transformers computes them. The glibc
 setting of `common.retain_freed_memory` is process-wide, so it applies to both sides.
 
+Each side's matmul work is counted, torch's by its `FlopCounterMode`, ours from the compiled
+program's HLO (`common.matmul_flops`), and printed with the rate each reached and the ceiling it
+sets: the time medpalm's matmuls alone would take at XLA's 2048² GEMM rate in this process, so
+the most medpalm can reach on this machine without doing less work. On the AVX2 machine of
+docs/PERFORMANCE.md that ceiling is below the 1.5× target.
+
 Each side is timed best-of-`--repeats`, the two interleaved step by step, so that load from
 other processes falls on both alike. To restrict both sides to AVX2 on an AVX-512 machine:
 `XLA_FLAGS=--xla_cpu_max_isa=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/...`
@@ -48,8 +54,10 @@ from common import (  # noqa: E402
     add_allocator_flag,
     apply_allocator_flag,
     cpu_env,
+    gemm_peaks,
     init_state,
     loss_of,
+    matmul_flops,
     torch_settings,
     train_step,
 )
@@ -74,6 +82,22 @@ def interleaved_best(fns: dict, repeats: int) -> dict:
   return best
 
 
+def count_cpu_attention(torch) -> None:
+  """torch's `FlopCounterMode` has formulas for its GPU attention kernels but none for the CPU
+  flash-attention kernels `scaled_dot_product_attention` runs here, whose QKᵀ and PV would go
+  uncounted; this gives each CPU kernel the formula of its GPU counterpart (same arguments)."""
+  counter, aten = torch.utils.flop_counter, torch.ops.aten
+  for cpu, gpu in (
+      ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention"),
+      (
+          "_scaled_dot_product_flash_attention_for_cpu_backward",
+          "_scaled_dot_product_flash_attention_backward",
+      ),
+  ):
+    if hasattr(aten, cpu):
+      counter.flop_registry.setdefault(getattr(aten, cpu), counter.flop_registry[getattr(aten, gpu)])
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=4)
@@ -95,6 +119,7 @@ def main(argv=None):
   add_allocator_flag(parser)
   args = parser.parse_args(argv)
   import torch  # after parsing: `--help` answers without loading torch
+  import torch.utils.flop_counter
   import transformers
 
   retained = apply_allocator_flag(args)
@@ -151,8 +176,8 @@ def main(argv=None):
   optimizer = optax.adamw(1e-4)
 
   def ours_with(remat: str, loss_positions: int | None):
-    """medpalm's step with `remat` in both towers (recomputation is extra work for us only),
-    logits at `loss_positions` per row (None: every position)."""
+    """(medpalm's step with `remat` in both towers (recomputation is extra work for us only),
+    logits at `loss_positions` per row (None: every position); the FLOPs of its matmuls)."""
     tower = lambda c: dataclasses.replace(c, remat_policy=remat)
     config = dataclasses.replace(
         ours_config, vision=tower(ours_config.vision), decoder=tower(ours_config.decoder)
@@ -166,14 +191,14 @@ def main(argv=None):
         loss_positions=loss_positions,
     )
     model.validate_batch(batch)
-    step = train_step(model)
     state = [init_state(optimizer, jax.tree.map(jnp.copy, params))]
+    step = train_step(model).lower(state[0], batch, RNG).compile()
 
     def ours():
       state[0], metrics, _ = step(state[0], batch, RNG)
       return loss_of(metrics)
 
-    return ours
+    return ours, matmul_flops(step)
 
   torch_opt = torch.optim.AdamW(reference.parameters(), lr=1e-4)
   labels = torch.tensor(np.where(causal == 1, -100, tokens), dtype=torch.long)
@@ -195,16 +220,21 @@ def main(argv=None):
   variants = [(remat, suffix) for remat in args.remat.split(",")]
   if args.all_positions:
     variants += [(remat, None) for remat in args.remat.split(",")]
-  ours = {
-      f"remat {remat:>5}, logits at {'all' if k is None else k:>3} positions": ours_with(remat, k)
-      for remat, k in variants
-  }
-  # Same weights: the same loss before any update.
-  first_ours, first_theirs = {r: f() for r, f in ours.items()}, theirs()
+  ours, flops = {}, {}
+  for remat, k in variants:
+    name = f"remat {remat:>5}, logits at {'all' if k is None else k:>3} positions"
+    ours[name], flops[name] = ours_with(remat, k)
+  # Same weights: the same loss before any update. torch counts its own matmul FLOPs meanwhile.
+  first_ours = {r: f() for r, f in ours.items()}
+  count_cpu_attention(torch)
+  with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+    first_theirs = theirs()
+  flops_theirs = counter.get_total_flops()
   timed = {**{("medpalm", r): f for r, f in ours.items()}, ("transformers", ""): theirs}
   best = interleaved_best(timed, args.repeats)
   t_ours = {name: best[("medpalm", name)] for name in ours}
   t_theirs = best[("transformers", "")]
+  peaks = gemm_peaks(2048)
   work = args.batch * length
   print(
       f"PaliGemma architecture: SigLIP 4×256 at 224² ({m} image tokens) + Gemma "
@@ -220,13 +250,26 @@ def main(argv=None):
       + ", ".join(f"{loss:.5f} ({name})" for name, loss in first_ours.items())
   )
   print(
+      "2048² float32 GEMM here: "
+      + ", ".join(f"{lib} {rate / 1e9:.1f}" for lib, rate in peaks.items())
+      + " GFLOP/s"
+  )
+  print(
       f"transformers (logits at all {length} positions) {work / t_theirs:9.1f} tokens/s "
-      f"({t_theirs * 1e3:.0f} ms/step)"
+      f"({t_theirs * 1e3:.0f} ms/step); matmuls {flops_theirs / 1e9:.1f} GFLOP/step "
+      f"(torch's FlopCounterMode), {flops_theirs / t_theirs / 1e9:.1f} GFLOP/s"
   )
   for name, seconds in t_ours.items():
     print(
         f"medpalm, {name}    {work / seconds:9.1f} tokens/s ({seconds * 1e3:.0f} "
         f"ms/step): {t_theirs / seconds:.2f}x transformers (target >= 1.5x)"
+    )
+    # The ceiling: this step's matmuls alone, every one at XLA's large-GEMM rate, nothing else.
+    floor = flops[name] / peaks["XLA"]
+    print(
+        f"  matmuls {flops[name] / 1e9:.1f} GFLOP/step (compiled HLO), "
+        f"{flops[name] / seconds / 1e9:.1f} GFLOP/s; at XLA's 2048² rate they alone take "
+        f"{floor * 1e3:.0f} ms: at most {t_theirs / floor:.2f}x transformers on this machine"
     )
 
 
