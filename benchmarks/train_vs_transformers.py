@@ -95,7 +95,9 @@ def count_cpu_attention(torch) -> None:
       ),
   ):
     if hasattr(aten, cpu):
-      counter.flop_registry.setdefault(getattr(aten, cpu), counter.flop_registry[getattr(aten, gpu)])
+      counter.flop_registry.setdefault(
+          getattr(aten, cpu), counter.flop_registry[getattr(aten, gpu)]
+      )
 
 
 def main(argv=None):
