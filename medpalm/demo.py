@@ -165,7 +165,6 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
   from medpalm.evaluation import report
   from medpalm.model import MedPalmMModel
   from medpalm.partitioning import Partitioner
-  from medpalm import features
 
   gin.clear_config()
   main_lib.parse_gin(
@@ -217,8 +216,7 @@ def evaluate(model_dir: pathlib.Path, output: pathlib.Path, args) -> dict:
         partitioner,
         axes,
         output_dir=str(output / "results"),
-        # Whole examples: a rank-classified task's split has a row per class option.
-        num_examples=examples * features.task_info(name).rows_per_example,
+        num_examples=examples,
     )
     if not evaluator.eval_tasks:
       continue

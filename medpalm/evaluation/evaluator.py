@@ -66,6 +66,20 @@ def score_fn(runner: BatchRunner, params, step) -> Callable:
   return score
 
 
+def _rows_per_example(mixture_or_task_name: str, split: str) -> int:
+  """The rows of `split` per source example, common to every task that has the split."""
+  tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+  rows = {t.name: features.task_info(t.name).rows_per_example for t in tasks if split in t.splits}
+  if len(set(rows.values())) > 1:
+    listed = ", ".join(f"{name} {n}" for name, n in sorted(rows.items()))
+    raise ValueError(
+        f"num_examples: the tasks of {mixture_or_task_name!r} have different rows per example in "
+        f"split {split!r} ({listed}: rank classification scores one row per class option), "
+        "and SeqIO takes the same number of rows from each; evaluate them one at a time"
+    )
+  return next(iter(rows.values()), 1)
+
+
 class Evaluator:
   """The tasks of a mixture (or one task), their metrics and results files, for one model.
 
@@ -78,7 +92,10 @@ class Evaluator:
     partitioner: compiles every step (None: the default device).
     params_axes: mesh PartitionSpecs of the params under `partitioner` (None: replicated).
     output_dir: each task's metrics go to ``<output_dir>/<result name>/step_<step>.json``.
-    num_examples: the first N examples of each task (None: all).
+    num_examples: the first N examples of each task (None: all). A rank-classified task's
+      split holds one row per class option (`TaskInfo.rows_per_example`); SeqIO takes the
+      same number of rows from every task, so a mixture whose tasks have different rows per
+      example is refused: evaluate those tasks one at a time.
     decoder_params: passed to `predict_batch_with_aux` (e.g. {"max_decode_length": ...}).
   """
 
@@ -104,7 +121,9 @@ class Evaluator:
         feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
         eval_split=split,
         sequence_length=dict(sequence_length) if sequence_length else None,
-        num_examples=num_examples,
+        num_examples=(
+            num_examples * _rows_per_example(mixture_or_task_name, split) if num_examples else None
+        ),
         shuffle=False,
         seed=seed,
         use_cached=use_cached,

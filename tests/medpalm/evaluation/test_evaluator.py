@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import seqio
 
+from medpalm import features as medpalm_features
 from medpalm.models import configs
 from medpalm.evaluation import evaluator as evaluation, paper_results, report
 from medpalm.evaluation.runner import BatchRunner
@@ -304,3 +305,27 @@ def test_a_task_without_examples_in_the_split_is_left_out_saying_so(setup, caplo
   assert list(results) == ["multimedbench_pubmedqa"]
   assert results["multimedbench_pubmedqa"]["accuracy"] >= 0.0
   assert f"left out 1 task(s) with no example in split 'test': {empty}" in caplog.text
+
+
+def test_num_examples_counts_whole_examples_of_a_rank_classified_task(setup):
+  """`num_examples=N` scores the first N examples, though a rank-classified task's split holds
+  a row per class option; a mixture whose tasks have different rows per example is refused."""
+  _, model, params, runner = setup
+  task = f"{PREFIX}_pad_ufes_20"
+  assert medpalm_features.task_info(task).rows_per_example > 1 and _num_test_examples(task) > 3
+  results = evaluation.evaluate(
+      model,
+      params,
+      task,
+      split="test",
+      sequence_length=LENGTHS,
+      batch_size=8,
+      partitioner=runner.partitioner,
+      num_examples=3,
+  )
+  assert results["multimedbench_pad_ufes_20"]["num_examples"] == 3
+  mixture = f"{PREFIX}_ranked_and_generated"
+  seqio.MixtureRegistry.remove(mixture)
+  seqio.MixtureRegistry.add(mixture, [task, f"{PREFIX}_medqa"], default_rate=1.0)
+  with pytest.raises(ValueError, match=rf"different rows per example.*{PREFIX}_medqa 1"):
+    evaluation.Evaluator(model, mixture, sequence_length=LENGTHS, num_examples=3)
