@@ -20,12 +20,15 @@ Layout, per dataset and split (``<root>`` = --prepared_dir, else $MEDPALM_PREPAR
 rename on a local disk, one object upload on GCS), so a reader never sees half a shard.
 Restartable: a rerun keeps finished shards (same keys) and writes only the missing ones. An
 image that fails to decode raises an error naming the file, or with ``--on_error skip`` is left
-out together with its records (counted).
+out together with its records (counted). PrecisionFDA's reader streams (its records hold their
+pileups, ~26 GB for the training split): its images are read twice, once for the keys and once
+for the shards, and only one shard's images are held at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import multiprocessing
@@ -194,6 +197,30 @@ def _write_shard(path: epath.Path, items: Sequence, on_error: str, pool, progres
   return failed
 
 
+def _streams(dataset: str) -> bool:
+  """Whether the dataset's reader streams its records (`readers.iter_task`)."""
+  return hasattr(readers.get_module(dataset), "iter_read")
+
+
+def _streamed_sources(records: Iterable[dict], keys: Sequence[str], where: str):
+  """Yields (key, image source) for each of `keys`, in order, from a second pass over a
+  streaming reader's records (each key's first record, as the first pass took them)."""
+  wanted, expected, seen = set(keys), iter(keys), set()
+  for r in records:
+    key = image_key(r)
+    if key in seen or key not in wanted:
+      continue
+    seen.add(key)
+    if key != next(expected, None):
+      raise ValueError(
+          f"{where}: the records changed while being prepared (image {key} out of order)"
+      )
+    yield key, image_source(r)
+  missing = next(expected, None)
+  if missing is not None:
+    raise ValueError(f"{where}: the records changed while being prepared (image {missing} is gone)")
+
+
 def _jsonable(record: dict) -> dict:
   out = {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
   out["image_key"] = image_key(record)
@@ -225,17 +252,24 @@ def prepare_split(
       log.info("%s/%s already prepared at %s", dataset, split, out)
       return manifest
   out.mkdir(parents=True, exist_ok=True)
+  options = dict(data_dir=data_dir, on_error=on_error, **(reader_options or {}))
+  image_tasks = [t for t in dataset_tasks(dataset) if split in IMAGES_ONLY_FOR.get(t, (split,))]
+  # A streaming reader's records hold their images (PrecisionFDA's pileups, ~26 GB for the
+  # training split): the first pass keeps only their text side and image keys, and the shards
+  # are written from a second pass (`_streamed_sources`), one shard's images at a time.
+  streamed = _streams(dataset)
   per_task: dict[str, list[dict]] = {}
   sources: dict[str, object] = {}
   for task in dataset_tasks(dataset):
-    result = readers.read_task(
-        task, split, data_dir=data_dir, on_error=on_error, **(reader_options or {})
-    )
-    per_task[task] = result.records
-    if split not in IMAGES_ONLY_FOR.get(task, (split,)):
-      continue
-    for r in result.records:
-      sources.setdefault(image_key(r), image_source(r))
+    if streamed:
+      records = readers.iter_task(task, split, **options)
+    else:
+      records = readers.read_task(task, split, **options).records
+    per_task[task] = []
+    for r in records:
+      if task in image_tasks:
+        sources.setdefault(image_key(r), None if streamed else image_source(r))
+      per_task[task].append(_jsonable(r) if streamed else r)
   keys = list(sources)
   keys_path = out / "keys.json"
   if keys_path.exists() and json.loads(keys_path.read_text()) != keys:
@@ -259,13 +293,24 @@ def prepare_split(
       disable=not progress_bar,
       file=sys.stderr,
   ) as bar:
+    second_pass = (
+        _streamed_sources(
+            (r for t in image_tasks for r in readers.iter_task(t, split, **options)),
+            keys,
+            f"{dataset}/{split}",
+        )
+        if streamed
+        else None
+    )
     for i, name in enumerate(names):
-      if i in done:
-        continue
       chunk = keys[i * shard_size : (i + 1) * shard_size]
-      failed += _write_shard(
-          out / name, [(k, sources[k], image_size) for k in chunk], on_error, pool, bar
-      )
+      if streamed:  # the stream runs in key order: a finished shard's images are read past
+        items = [(k, source, image_size) for k, source in itertools.islice(second_pass, len(chunk))]
+      else:
+        items = [(k, sources[k], image_size) for k in chunk]
+      if i not in done:
+        failed += _write_shard(out / name, items, on_error, pool, bar)
+      del items  # freed before the next shard's images are read
   bad = set(failed)
   counts = {}
   for task, records in per_task.items():

@@ -34,8 +34,8 @@ exclude_regions=None, sample_fraction=None)`` (``regions="paper"``: the paper's 
 ``mimic_iii.read(split_ids_dir=None)`` (Van Veen et al.'s split from id files),
 ``mimic_cxr.read(task="two_view")`` (one frontal + one lateral image per study),
 ``vindr_mammo.read(bilateral=False)`` (both breasts side by side as one image). PrecisionFDA also
-streams: ``precisionfda.iter_read(...)`` yields records one by one (the full training set is
-~26 GB of pileups, too much for a list).
+streams: ``precisionfda.iter_read(...)`` (``iter_task`` by task name) yields records one by one
+(the full training set is ~26 GB of pileups, too much for a list; ``tasks.prepare`` streams it).
 
 Documented *selection filters* of the paper (MIMIC-III: only the six modality–anatomy pairs and
 findings ≤ 600 tokens; MIMIC-CXR: findings ≤ 800 characters; VQA-RAD train: phrase_type ∈
@@ -93,7 +93,7 @@ Task-level entry point: :func:`read_task` (by the suffix of a ``multimedbench_<t
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Literal, TypedDict
+from typing import Any, Callable, Iterator, Literal, TypedDict
 
 from tasks.readers._common import (  # noqa: F401  (re-exported contract)
     DATA_DIR_ENV,
@@ -258,6 +258,21 @@ def read_task(
   module_name, fixed = ALL_TASK_READERS[task]
   module = get_module(module_name)
   return module.read(data_dir, split, on_error=on_error, **fixed, **options)
+
+
+def iter_task(
+    task: str, split: str, *, data_dir=None, on_error: str = "raise", **options
+) -> Iterator[dict]:
+  """Streams the records of task ``multimedbench_<task>`` one at a time, for readers that can
+  (``iter_read``: PrecisionFDA, whose records hold their pileup arrays)."""
+  task = task.removeprefix("multimedbench_")
+  if task not in ALL_TASK_READERS:
+    raise KeyError(f"unknown task {task!r}; known: {', '.join(ALL_TASK_READERS)}")
+  module_name, fixed = ALL_TASK_READERS[task]
+  module = get_module(module_name)
+  if not hasattr(module, "iter_read"):
+    raise TypeError(f"the {module_name} reader reads whole splits only: use read_task")
+  return module.iter_read(data_dir, split, on_error=on_error, **fixed, **options)
 
 
 def expand_repeats(records: list[dict], repeats: Callable[[dict], int]) -> list[dict]:

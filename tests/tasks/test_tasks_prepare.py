@@ -2,6 +2,7 @@
 
 import json
 import os
+import weakref
 
 import pytest
 import seqio
@@ -141,3 +142,52 @@ def test_prepare_to_an_object_store_writes_the_same_files(vqa_rad, gcs):
     sdir, manifest = prepare.load_manifest(remote_root, "vqa_rad", IMAGE_SIZE, split)
     assert os.fspath(sdir).startswith("gs://") and manifest == local["vqa_rad"][split]
   assert not os.path.exists("gs:")
+
+
+def test_precisionfda_pileups_are_prepared_one_shard_at_a_time(tmp_path, monkeypatch):
+  """PrecisionFDA's records carry their pileup arrays (~26 GB for the full training split):
+  prepare streams them, holding one shard's pileups at a time, restarts like any dataset, and
+  writes the same files as reading each split into a list does."""
+  from tasks.readers import precisionfda
+
+  data = tmp_path / "data"
+  demo_data.write(data, "precisionfda", num_examples=8, seed=1)
+  kwargs = dict(data_dir=str(data), image_size=IMAGE_SIZE, shard_size=2, progress_bar=False)
+  real_iter_read, refs, most_alive = precisionfda.iter_read, [], [0]
+
+  def iter_read(*args, **kw):  # the real reader, counting the pileup arrays still alive
+    for record in real_iter_read(*args, **kw):
+      refs.append(weakref.ref(record["image"]))
+      most_alive[0] = max(most_alive[0], sum(ref() is not None for ref in refs))
+      yield record
+
+  monkeypatch.setattr(precisionfda, "iter_read", iter_read)
+  streamed = prepare.prepare(["precisionfda"], prepared_dir=str(tmp_path / "streamed"), **kwargs)
+  train = tmp_path / "streamed" / "precisionfda" / f"{IMAGE_SIZE}px" / "train"
+  manifest = streamed["precisionfda"]["train"]
+  assert manifest["num_images"] >= 8 and len(manifest["shards"]) >= 4
+  assert most_alive[0] <= 2 + 2  # one shard's pileups, and the records in flight
+
+  # Interrupted: a middle shard and the manifest are missing; only that shard is written again.
+  middle = manifest["shards"][1]
+  written = (train / middle).read_bytes()
+  (train / middle).unlink()
+  (train / "manifest.json").unlink()
+  calls = _counting_load(monkeypatch)
+  assert (
+      prepare.prepare(["precisionfda"], prepared_dir=str(tmp_path / "streamed"), **kwargs)[
+          "precisionfda"
+      ]["train"]
+      == manifest
+  )
+  assert calls == json.loads((train / "keys.json").read_text())[2:4]
+  assert (train / middle).read_bytes() == written
+
+  monkeypatch.setattr(prepare, "_streams", lambda dataset: False)  # whole splits as lists
+  listed = prepare.prepare(["precisionfda"], prepared_dir=str(tmp_path / "listed"), **kwargs)
+  assert listed == streamed
+  files = sorted(p.relative_to(tmp_path / "listed") for p in (tmp_path / "listed").rglob("*.*"))
+  assert files and all(
+      (tmp_path / "listed" / f).read_bytes() == (tmp_path / "streamed" / f).read_bytes()
+      for f in files
+  )
