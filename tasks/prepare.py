@@ -302,7 +302,8 @@ def prepare_split(
         if streamed
         else None
     )
-    for i, name in enumerate(names):
+    todo = [i for i in range(num_shards) if i not in done]
+    for i, name in enumerate(names[: todo[-1] + 1 if todo else 0]):  # nothing to read past it
       chunk = keys[i * shard_size : (i + 1) * shard_size]
       if streamed:  # the stream runs in key order: a finished shard's images are read past
         items = [(k, source, image_size) for k, source in itertools.islice(second_pass, len(chunk))]

@@ -153,9 +153,10 @@ def test_precisionfda_pileups_are_prepared_one_shard_at_a_time(tmp_path, monkeyp
   data = tmp_path / "data"
   demo_data.write(data, "precisionfda", num_examples=8, seed=1)
   kwargs = dict(data_dir=str(data), image_size=IMAGE_SIZE, shard_size=2, progress_bar=False)
-  real_iter_read, refs, most_alive = precisionfda.iter_read, [], [0]
+  real_iter_read, refs, most_alive, passes = precisionfda.iter_read, [], [0], []
 
-  def iter_read(*args, **kw):  # the real reader, counting the pileup arrays still alive
+  def iter_read(*args, **kw):  # the real reader, counting passes and the pileups still alive
+    passes.append(args[1])
     for record in real_iter_read(*args, **kw):
       refs.append(weakref.ref(record["image"]))
       most_alive[0] = max(most_alive[0], sum(ref() is not None for ref in refs))
@@ -182,6 +183,12 @@ def test_precisionfda_pileups_are_prepared_one_shard_at_a_time(tmp_path, monkeyp
   )
   assert calls == json.loads((train / "keys.json").read_text())[2:4]
   assert (train / middle).read_bytes() == written
+
+  # Only the manifest is missing: every shard is there, the records are read once, for the keys.
+  (train / "manifest.json").unlink()
+  passes.clear()
+  prepare.prepare(["precisionfda"], prepared_dir=str(tmp_path / "streamed"), **kwargs)
+  assert passes == ["train"]
 
   monkeypatch.setattr(prepare, "_streams", lambda dataset: False)  # whole splits as lists
   listed = prepare.prepare(["precisionfda"], prepared_dir=str(tmp_path / "listed"), **kwargs)
