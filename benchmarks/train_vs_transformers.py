@@ -19,7 +19,8 @@ Each side's matmul work is counted, torch's by its `FlopCounterMode`, ours from 
 program's HLO (`common.matmul_flops`), and printed with the rate each reached and the ceiling it
 sets: the time medpalm's matmuls alone would take at XLA's 2048² GEMM rate in this process, so
 the most medpalm can reach on this machine without doing less work. On the AVX2 machine of
-docs/PERFORMANCE.md that ceiling is below the 1.5× target.
+docs/PERFORMANCE.md that ceiling is 1.49-1.68× (against its two transformers runs): 1.5× would
+take the whole step at 89-100 % of the best GEMM rate there.
 
 Each side is timed best-of-`--repeats`, the two interleaved step by step, so that load from
 other processes falls on both alike. To restrict both sides to AVX2 on an AVX-512 machine:
@@ -178,8 +179,8 @@ def main(argv=None):
   optimizer = optax.adamw(1e-4)
 
   def ours_with(remat: str, loss_positions: int | None):
-    """(medpalm's step with `remat` in both towers (recomputation is extra work for us only),
-    logits at `loss_positions` per row (None: every position); the FLOPs of its matmuls)."""
+    """medpalm's step with `remat` in both towers (recomputation is extra work for us only),
+    logits at `loss_positions` per row (None: every position), and its compiled matmul FLOPs."""
     tower = lambda c: dataclasses.replace(c, remat_policy=remat)
     config = dataclasses.replace(
         ours_config, vision=tower(ours_config.vision), decoder=tower(ours_config.decoder)
