@@ -26,7 +26,7 @@ sys.path[:0] = [
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from common import RNG, init_state, text_batch, train_step_fn  # noqa: E402
+from common import RNG, cpu_env, init_state, text_batch, train_step_fn  # noqa: E402
 from medpalm.models import configs  # noqa: E402
 from medpalm.models import medpalm_m  # noqa: E402
 
@@ -60,6 +60,7 @@ def main(argv=None):
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__,
   ).parse_args(argv)
+  print(cpu_env.describe())
   results = {
       (layers, scan): compile_seconds(layers, scan) for scan in (True, False) for layers in (4, 32)
   }

@@ -31,7 +31,7 @@ import seqio  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from common import best_time  # noqa: E402
+from common import best_time, cpu_env, torch_settings  # noqa: E402
 from medpalm.models import configs  # noqa: E402
 from medpalm import convert
 from medpalm.models.configs import MedPalmMConfig  # noqa: E402
@@ -72,6 +72,8 @@ def main(argv=None):
   parser.add_argument("--prompt", type=int, default=64)
   parser.add_argument("--new_tokens", type=int, default=64)
   args = parser.parse_args(argv)
+  print(cpu_env.describe())
+  print(torch_settings())
   torch.set_num_threads(os.cpu_count() or 1)
 
   with tempfile.TemporaryDirectory() as path:

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 
-from common import RNG, init_state, train_step_fn  # noqa: E402
+from common import RNG, cpu_env, init_state, train_step_fn  # noqa: E402
 from medpalm.models import configs  # noqa: E402
 from medpalm.driver import data
 from medpalm.model import MedPalmMModel  # noqa: E402
@@ -49,6 +49,7 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--steps", type=int, default=20)
   args = parser.parse_args(argv)
+  print(cpu_env.describe())
 
   env = demo.prepare(pathlib.Path(args.output), num_examples=256)
   demo.register_tasks(env)

@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     RNG,
     add_allocator_flag,
     apply_allocator_flag,
+    cpu_env,
     init_state,
     text_batch,
     train_step_fn,
@@ -52,6 +53,7 @@ def main(argv=None):
   if shutil.which("perf") is None:
     sys.exit("profile_step.py needs Linux `perf` on the PATH")
   apply_allocator_flag(args)
+  print(cpu_env.describe())
   config, params = mfu.build(args, args.remat, args.attention)
   optimizer = optax.adafactor(1e-3, momentum=0.9)
   step = train_step_fn(config)

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import best_time, retain_freed_memory  # noqa: E402
+from common import best_time, cpu_env, retain_freed_memory  # noqa: E402
 from medpalm.losses import cross_entropy_with_logits  # noqa: E402
 
 
@@ -74,6 +74,7 @@ def main(argv=None):
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__,
   ).parse_args(argv)
+  print(cpu_env.describe())
   retain_freed_memory()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((4, 512, 512)), jnp.float32)

@@ -31,6 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medpalm import partitioning  # noqa: E402
+from medpalm.driver import cpu_env  # noqa: E402
 from medpalm.driver import trainer as trainer_lib  # noqa: E402
 from medpalm.model import MedPalmMModel  # noqa: E402
 from medpalm.models import configs  # noqa: E402
@@ -64,6 +65,7 @@ def main(argv=None):
   )
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args(argv)
+  print(cpu_env.describe())
   import seqio  # after parsing: `--help` answers without loading TensorFlow
 
   config = configs.get_config("tiny", image_size=56)
