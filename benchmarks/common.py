@@ -17,7 +17,6 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import seqio  # noqa: E402
 
-from launch import roofline  # noqa: E402
 from medpalm import optimizers  # noqa: E402
 from medpalm.driver import trainer as trainer_lib  # noqa: E402
 from medpalm.driver.train_state import TrainState  # noqa: E402
@@ -80,7 +79,9 @@ def gemm_peaks(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> dict[
 def matmul_flops(compiled) -> float:
   """Matmul and convolution FLOPs one call of a compiled XLA program executes, from its HLO:
   loop bodies counted once per trip (the layer scan's), unlike `cost_analysis`, which counts a
-  loop body once."""
+  loop body once. (Imported here: not every script puts the repository root on the path.)"""
+  from launch import roofline
+
   return roofline.per_op(compiled.as_text(), peak_flops=1.0, hbm_bandwidth=1.0).matmul_flops
 
 

@@ -38,6 +38,11 @@ CANDIDATES = {
         "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"
     },
     "YNN dot fusion": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    # XLA's generated (non-GEMM) code prefers 256-bit vectors, on AVX-512 too.
+    "512-bit vectors": {"xla_cpu_prefer_vector_width": 512},
+    # On by default: schedules for running independent ops at once, at some cost in memory.
+    "concurrency scheduler off": {"xla_cpu_enable_concurrency_optimized_scheduler": False},
+    "tiling propagation": {"xla_cpu_experimental_enable_tiling_propagation": True},
 }
 
 
